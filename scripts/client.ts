@@ -1,0 +1,88 @@
+/** `npm run -s client -- <command>`: manage OAuth clients. Prints JSON on stdout. */
+import { parse, print, runCli, UsageError } from './cli.ts';
+import type { ClientInput } from '../src/oidc/clients.ts';
+
+const USAGE = `usage: npm run -s client -- <command>
+  create --name NAME --redirect-uri URI [--redirect-uri URI2] [--post-logout-redirect-uri URI]
+         [--public] [--grant-type T ...] [--scope "openid profile email offline_access"]
+         [--application-type web|native]
+  list
+  show ID
+  update ID [--name NAME] [--redirect-uri URI ...] [--post-logout-redirect-uri URI ...]
+            [--grant-type T ...] [--scope S] [--application-type web|native]
+  rotate-secret ID
+  delete ID
+grant types: authorization_code, refresh_token, client_credentials (default: the first two)`;
+
+const metadataOptions = {
+  name: { type: 'string' },
+  'redirect-uri': { type: 'string', multiple: true },
+  'post-logout-redirect-uri': { type: 'string', multiple: true },
+  'grant-type': { type: 'string', multiple: true },
+  scope: { type: 'string' },
+  'application-type': { type: 'string' },
+} as const;
+
+function toInput(values: Record<string, string | boolean | (string | boolean)[] | undefined>): ClientInput {
+  const applicationType = values['application-type'];
+  if (applicationType !== undefined && applicationType !== 'web' && applicationType !== 'native') {
+    throw new UsageError('--application-type must be web or native');
+  }
+  return {
+    name: values.name as string | undefined,
+    redirectUris: values['redirect-uri'] as string[] | undefined,
+    postLogoutRedirectUris: values['post-logout-redirect-uri'] as string[] | undefined,
+    grantTypes: values['grant-type'] as string[] | undefined,
+    scope: values.scope as string | undefined,
+    applicationType,
+    isPublic: values.public as boolean | undefined,
+  };
+}
+
+function oneId(positionals: string[]): string {
+  if (positionals.length !== 1) throw new UsageError('expected exactly one client ID');
+  return positionals[0]!;
+}
+
+await runCli(USAGE, async ([command, ...rest], open) => {
+  switch (command) {
+    case 'create': {
+      const { values, positionals } = parse(rest, { ...metadataOptions, public: { type: 'boolean' } });
+      if (positionals.length) throw new UsageError(`unexpected argument "${positionals[0]}"`);
+      if (!values.name) throw new UsageError('--name is required');
+      const services = await open();
+      print(await services.clients.create(toInput(values)));
+      return;
+    }
+    case 'list': {
+      parse(rest, {});
+      print(await (await open()).clients.list());
+      return;
+    }
+    case 'show': {
+      const id = oneId(parse(rest, {}).positionals);
+      const client = await (await open()).clients.get(id);
+      if (!client) throw new UsageError(`no client with id "${id}"`);
+      const { client_secret: _secret, ...shown } = client;
+      print(shown);
+      return;
+    }
+    case 'update': {
+      const { values, positionals } = parse(rest, metadataOptions);
+      print(await (await open()).clients.update(oneId(positionals), toInput(values)));
+      return;
+    }
+    case 'rotate-secret': {
+      print(await (await open()).clients.rotateSecret(oneId(parse(rest, {}).positionals)));
+      return;
+    }
+    case 'delete': {
+      const id = oneId(parse(rest, {}).positionals);
+      await (await open()).clients.delete(id);
+      print({ client_id: id, deleted: true });
+      return;
+    }
+    default:
+      throw new UsageError(command ? `unknown command "${command}"` : 'missing command');
+  }
+});

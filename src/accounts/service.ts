@@ -1,0 +1,156 @@
+import type { Account, AccountClaims } from 'oidc-provider';
+import { AppError } from '../http/errors.ts';
+import { accountModel, type AccountModel, type AccountRecord } from './model.ts';
+import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
+import type { Connection } from 'mongoose';
+
+const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,253}\.[^\s@]{1,63}$/;
+const ROLE = /^[a-z][a-z0-9_.:-]{0,63}$/;
+
+export function normalizeEmail(email: string): string {
+  return email.trim().toLowerCase();
+}
+
+export interface NewAccount {
+  email: string;
+  password: string;
+  name?: string | undefined;
+  emailVerified?: boolean;
+  roles?: string[];
+}
+
+/** What callers outside this module see of an account: never the hash. */
+export interface AccountView {
+  id: string;
+  email: string;
+  name: string | null;
+  email_verified: boolean;
+  roles: string[];
+  disabled: boolean;
+  created_at: string;
+  updated_at: string;
+}
+
+function view(record: AccountRecord): AccountView {
+  return {
+    id: record._id,
+    email: record.email,
+    name: record.name ?? null,
+    email_verified: record.emailVerified,
+    roles: record.roles,
+    disabled: record.disabled,
+    created_at: record.createdAt.toISOString(),
+    updated_at: record.updatedAt.toISOString(),
+  };
+}
+
+function isDuplicateKey(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 11000;
+}
+
+export class AccountService {
+  private readonly accounts: AccountModel;
+  private readonly hasher: PasswordHasher;
+
+  constructor(connection: Connection, hasher: PasswordHasher) {
+    this.accounts = accountModel(connection);
+    this.hasher = hasher;
+  }
+
+  async ensureIndexes(): Promise<void> {
+    await this.accounts.createIndexes();
+  }
+
+  private validatePassword(password: string): void {
+    // Issue-level policy (length, common passwords) lives with registration; this is the floor.
+    if (password.length < 8 || password.length > PASSWORD_MAX_LENGTH) {
+      throw new AppError('invalid_password', `password must be 8 to ${PASSWORD_MAX_LENGTH} characters`);
+    }
+  }
+
+  async create(input: NewAccount): Promise<AccountView> {
+    const email = normalizeEmail(input.email);
+    if (!EMAIL.test(email) || email.length > 254) throw new AppError('invalid_email', 'email is not a valid address');
+    this.validatePassword(input.password);
+    const roles = [...new Set(input.roles ?? [])];
+    const badRole = roles.find((r) => !ROLE.test(r));
+    if (badRole !== undefined) throw new AppError('invalid_role', `role "${badRole}" must match ${ROLE.source}`);
+    const passwordHash = await this.hasher.hash(input.password);
+    try {
+      const record = await this.accounts.create({
+        email,
+        passwordHash,
+        name: input.name?.trim() || undefined,
+        emailVerified: input.emailVerified ?? false,
+        roles,
+      });
+      return view(record.toObject());
+    } catch (error) {
+      if (isDuplicateKey(error)) throw new AppError('email_taken', 'an account with this email already exists', 409);
+      throw error;
+    }
+  }
+
+  /**
+   * Password sign-in. Returns the account id, or undefined for every kind of failure (unknown
+   * email, wrong password, disabled account) after the same amount of argon2 work, so neither the
+   * answer nor its timing tells whether an email is registered.
+   */
+  async authenticate(email: string, password: string): Promise<string | undefined> {
+    if (password.length > PASSWORD_MAX_LENGTH) password = password.slice(0, PASSWORD_MAX_LENGTH + 1);
+    const record = await this.accounts.findOne({ email: normalizeEmail(email) }).lean();
+    const valid = await this.hasher.verify(record?.passwordHash, password);
+    if (!record || !valid || record.disabled) return undefined;
+    if (this.hasher.needsRehash(record.passwordHash)) {
+      await this.accounts.updateOne({ _id: record._id }, { passwordHash: await this.hasher.hash(password) });
+    }
+    return record._id;
+  }
+
+  async get(idOrEmail: string): Promise<AccountView | undefined> {
+    const query = idOrEmail.includes('@') ? { email: normalizeEmail(idOrEmail) } : { _id: idOrEmail };
+    const record = await this.accounts.findOne(query).lean();
+    return record ? view(record) : undefined;
+  }
+
+  private async require(idOrEmail: string): Promise<AccountView> {
+    const account = await this.get(idOrEmail);
+    if (!account) throw new AppError('account_not_found', 'no such account', 404);
+    return account;
+  }
+
+  async list(): Promise<AccountView[]> {
+    const records = await this.accounts.find().sort({ createdAt: 1 }).lean();
+    return records.map(view);
+  }
+
+  async setDisabled(idOrEmail: string, disabled: boolean): Promise<AccountView> {
+    const { id } = await this.require(idOrEmail);
+    await this.accounts.updateOne({ _id: id }, { disabled });
+    return this.require(id);
+  }
+
+  async setPassword(idOrEmail: string, password: string): Promise<AccountView> {
+    const { id } = await this.require(idOrEmail);
+    this.validatePassword(password);
+    await this.accounts.updateOne({ _id: id }, { passwordHash: await this.hasher.hash(password) });
+    return this.require(id);
+  }
+
+  /** oidc-provider's findAccount: disabled accounts are invisible, which also stops their refresh tokens. */
+  async findAccount(id: string): Promise<Account | undefined> {
+    const record = await this.accounts.findOne({ _id: id, disabled: false }).lean();
+    if (!record) return undefined;
+    return {
+      accountId: record._id,
+      claims: async (): Promise<AccountClaims> => ({
+        sub: record._id,
+        email: record.email,
+        email_verified: record.emailVerified,
+        ...(record.name ? { name: record.name } : {}),
+        updated_at: Math.floor(record.updatedAt.getTime() / 1000),
+        roles: record.roles,
+      }),
+    };
+  }
+}

@@ -1,0 +1,74 @@
+/**
+ * Builds the Koa application from already-open services: security headers, views, our routes,
+ * then oidc-provider mounted last so it serves every protocol endpoint.
+ */
+import path from 'node:path';
+import Koa, { type Context } from 'koa';
+import mount from 'koa-mount';
+import views from 'koa-views';
+import Router from '@koa/router';
+import { interactionRoutes } from './interactions/routes.ts';
+import { isAppError } from './http/errors.ts';
+import { securityHeaders } from './security/headers.ts';
+import { projectRoot } from './local/services.ts';
+import type { Services } from './services.ts';
+
+function wantsJson(ctx: Context): boolean {
+  return ctx.accepts('html', 'json') === 'json';
+}
+
+export function createApp(services: Services): Koa {
+  const { config, provider, logger } = services;
+  const app = new Koa({ proxy: config.trustProxy });
+
+  app.use(securityHeaders({ hsts: config.isProduction }));
+  app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs' }));
+
+  // One place that turns errors into answers: our own errors show their message, anything
+  // unexpected shows a generic one and is logged in full (without request bodies).
+  app.use(async (ctx, next) => {
+    try {
+      await next();
+    } catch (error) {
+      const known = isAppError(error);
+      const status = known ? error.status : (error as { status?: number; expose?: boolean }).expose ? (error as { status: number }).status : 500;
+      const message = known && error.expose ? error.message
+        : status === 413 ? 'The submitted form is too large.'
+        : status < 500 ? 'The request could not be understood.'
+        : 'Something went wrong on our side. Please try again.';
+      if (status >= 500) logger.error({ err: error, path: ctx.path }, 'request failed');
+      else logger.info({ status, code: known ? error.code : undefined, path: ctx.path }, 'request refused');
+      ctx.status = status;
+      if (wantsJson(ctx)) {
+        ctx.type = 'application/problem+json';
+        ctx.body = { type: 'about:blank', title: message, status };
+      } else {
+        await ctx.render('error', { title: 'Error', heading: status >= 500 ? 'Something went wrong' : 'We could not do that', message, code: null });
+        ctx.status = status;
+      }
+    }
+  });
+
+  const health = new Router();
+  health.get('/healthz', async (ctx) => {
+    const checks = await Promise.allSettled([
+      services.connection.db!.admin().ping(),
+      services.redis ? services.redis.ping() : Promise.resolve('skipped'),
+    ]);
+    const [mongo, redis] = checks.map((c) => (c.status === 'fulfilled' ? 'ok' : 'down'));
+    const ok = mongo === 'ok' && (redis === 'ok' || !services.redis);
+    ctx.status = ok ? 200 : 503;
+    ctx.set('Cache-Control', 'no-store');
+    ctx.body = { status: ok ? 'ok' : 'degraded', mongodb: mongo, redis: services.redis ? redis : 'not configured' };
+  });
+  app.use(health.routes());
+
+  const interactions = interactionRoutes({
+    provider, accounts: services.accounts, logger, secureCookies: config.isProduction,
+  });
+  app.use(interactions.routes());
+  app.use(interactions.allowedMethods());
+
+  app.use(mount(provider));
+  return app;
+}

@@ -1,0 +1,210 @@
+/**
+ * The only place that reads the environment. `loadConfig` validates every variable at once and
+ * either returns one frozen, typed object or throws a ConfigError listing each bad variable on its
+ * own line, so start-up stops before anything listens or connects.
+ */
+import path from 'node:path';
+
+export type NodeEnv = 'development' | 'production' | 'test';
+export type LogLevel = 'fatal' | 'error' | 'warn' | 'info' | 'debug' | 'trace' | 'silent';
+
+export interface Config {
+  readonly nodeEnv: NodeEnv;
+  readonly isProduction: boolean;
+  readonly issuer: string;
+  readonly host: string;
+  readonly port: number;
+  readonly trustProxy: boolean;
+  /** Undefined means "use the local development server under dataDir" (never in production). */
+  readonly mongodbUri: string | undefined;
+  /** Undefined means "run without Redis" (never in production). */
+  readonly redisUrl: string | undefined;
+  /** Undefined means "generate per-process keys" (never in production). */
+  readonly cookieKeys: readonly string[] | undefined;
+  /** Operator-supplied private JWKS; otherwise keys are kept in MongoDB. */
+  readonly jwks: { keys: Record<string, unknown>[] } | undefined;
+  readonly logLevel: LogLevel;
+  readonly dataDir: string;
+  readonly pkceRequiredForConfidentialClients: boolean;
+  readonly sweepIntervalSeconds: number;
+  readonly ttl: {
+    readonly accessToken: number;
+    readonly authorizationCode: number;
+    readonly clientCredentials: number;
+    readonly idToken: number;
+    readonly refreshToken: number;
+    readonly session: number;
+    readonly interaction: number;
+    readonly grant: number;
+  };
+  readonly argon2: { readonly memoryKiB: number; readonly timeCost: number; readonly parallelism: number };
+}
+
+export class ConfigError extends Error {
+  readonly problems: readonly string[];
+  constructor(problems: string[]) {
+    super(`Invalid configuration:\n${problems.map((p) => `  ${p}`).join('\n')}`);
+    this.name = 'ConfigError';
+    this.problems = problems;
+  }
+}
+
+type Env = Readonly<Record<string, string | undefined>>;
+
+/** Collects problems instead of throwing at the first, so an operator fixes everything in one go. */
+class Reader {
+  readonly problems: string[] = [];
+  private readonly env: Env;
+  constructor(env: Env) {
+    this.env = env;
+  }
+
+  raw(name: string): string | undefined {
+    const value = this.env[name]?.trim();
+    return value === '' ? undefined : value;
+  }
+
+  string(name: string, fallback: string): string {
+    return this.raw(name) ?? fallback;
+  }
+
+  int(name: string, fallback: number, min: number, max: number): number {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    if (!/^\d+$/.test(value) || Number(value) < min || Number(value) > max) {
+      this.problems.push(`${name}: expected a whole number from ${min} to ${max}, got "${value}"`);
+      return fallback;
+    }
+    return Number(value);
+  }
+
+  bool(name: string, fallback: boolean): boolean {
+    const value = this.raw(name)?.toLowerCase();
+    if (value === undefined) return fallback;
+    if (['true', '1', 'yes'].includes(value)) return true;
+    if (['false', '0', 'no'].includes(value)) return false;
+    this.problems.push(`${name}: expected true or false, got "${value}"`);
+    return fallback;
+  }
+
+  oneOf<T extends string>(name: string, allowed: readonly T[], fallback: T): T {
+    const value = this.raw(name);
+    if (value === undefined) return fallback;
+    if (!(allowed as readonly string[]).includes(value)) {
+      this.problems.push(`${name}: expected one of ${allowed.join(', ')}, got "${value}"`);
+      return fallback;
+    }
+    return value as T;
+  }
+
+  url(name: string, protocols: readonly string[]): string | undefined {
+    const value = this.raw(name);
+    if (value === undefined) return undefined;
+    try {
+      const parsed = new URL(value);
+      if (!protocols.includes(parsed.protocol)) throw new Error();
+      return value;
+    } catch {
+      // Never echo the value: connection strings carry passwords.
+      this.problems.push(`${name}: expected a URL starting with ${protocols.map((p) => `${p}//`).join(' or ')}`);
+      return undefined;
+    }
+  }
+}
+
+const LOCALHOST = new Set(['localhost', '127.0.0.1', '[::1]']);
+
+function readIssuer(r: Reader, port: number, isProduction: boolean): string {
+  const value = r.string('ISSUER', `http://localhost:${port}`);
+  let url: URL;
+  try {
+    url = new URL(value);
+  } catch {
+    r.problems.push(`ISSUER: expected an absolute URL, got "${value}"`);
+    return value;
+  }
+  if (url.protocol !== 'https:' && url.protocol !== 'http:') {
+    r.problems.push(`ISSUER: expected an http(s) URL, got "${value}"`);
+  } else if (url.search || url.hash || value.endsWith('/')) {
+    r.problems.push(`ISSUER: must have no query, fragment or trailing slash, got "${value}"`);
+  } else if (isProduction && url.protocol === 'http:' && !LOCALHOST.has(url.hostname)) {
+    r.problems.push('ISSUER: must use https in production (http is allowed only for localhost)');
+  }
+  return value;
+}
+
+function readCookieKeys(r: Reader, isProduction: boolean): string[] | undefined {
+  const value = r.raw('COOKIE_KEYS');
+  if (value === undefined) {
+    if (isProduction) r.problems.push('COOKIE_KEYS: required in production (comma-separated random strings, 32+ characters each)');
+    return undefined;
+  }
+  const keys = value.split(',').map((k) => k.trim()).filter(Boolean);
+  if (keys.length === 0 || keys.some((k) => k.length < 32)) {
+    r.problems.push('COOKIE_KEYS: every key must be at least 32 characters (comma-separated, newest first)');
+  }
+  return keys;
+}
+
+function readJwks(r: Reader): Config['jwks'] {
+  const value = r.raw('OIDC_JWKS');
+  if (value === undefined) return undefined;
+  try {
+    const parsed = JSON.parse(value) as { keys?: unknown };
+    const keys = parsed.keys;
+    if (!Array.isArray(keys) || keys.length === 0 || keys.some((k) => typeof k !== 'object' || k === null || !('d' in k))) {
+      throw new Error();
+    }
+    return { keys: keys as Record<string, unknown>[] };
+  } catch {
+    r.problems.push('OIDC_JWKS: expected a JSON object {"keys":[...]} of private JWKs (each with "d")');
+    return undefined;
+  }
+}
+
+export function loadConfig(env: Env): Config {
+  const r = new Reader(env);
+  const nodeEnv = r.oneOf<NodeEnv>('NODE_ENV', ['development', 'production', 'test'], 'development');
+  const isProduction = nodeEnv === 'production';
+  const port = r.int('PORT', 3000, 0, 65535);
+  const day = 24 * 60 * 60;
+
+  const config: Config = {
+    nodeEnv,
+    isProduction,
+    issuer: readIssuer(r, port, isProduction),
+    host: r.string('HOST', isProduction ? '0.0.0.0' : '127.0.0.1'),
+    port,
+    trustProxy: r.bool('TRUST_PROXY', false),
+    mongodbUri: r.url('MONGODB_URI', ['mongodb:', 'mongodb+srv:']),
+    redisUrl: r.url('REDIS_URL', ['redis:', 'rediss:']),
+    cookieKeys: readCookieKeys(r, isProduction),
+    jwks: readJwks(r),
+    logLevel: r.oneOf<LogLevel>('LOG_LEVEL', ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'], 'info'),
+    dataDir: path.resolve(r.string('LOCAL_DATA_DIR', '.data')),
+    pkceRequiredForConfidentialClients: r.bool('PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS', true),
+    sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
+    ttl: {
+      accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, day),
+      authorizationCode: r.int('TTL_AUTHORIZATION_CODE', 60, 10, 60),
+      clientCredentials: r.int('TTL_CLIENT_CREDENTIALS', 10 * 60, 60, day),
+      idToken: r.int('TTL_ID_TOKEN', 60 * 60, 60, day),
+      refreshToken: r.int('TTL_REFRESH_TOKEN', 14 * day, 60 * 60, 365 * day),
+      session: r.int('TTL_SESSION', 14 * day, 5 * 60, 365 * day),
+      interaction: r.int('TTL_INTERACTION', 60 * 60, 60, day),
+      grant: r.int('TTL_GRANT', 14 * day, 60 * 60, 365 * day),
+    },
+    argon2: {
+      memoryKiB: r.int('ARGON2_MEMORY_KIB', 19456, 19456, 4 * 1024 * 1024),
+      timeCost: r.int('ARGON2_TIME_COST', 2, 2, 20),
+      parallelism: r.int('ARGON2_PARALLELISM', 1, 1, 16),
+    },
+  };
+
+  if (isProduction) {
+    if (!config.mongodbUri) r.problems.push('MONGODB_URI: required in production');
+    if (!config.redisUrl) r.problems.push('REDIS_URL: required in production (rate limits must be shared by all instances)');
+  }
+  if (r.problems.length > 0) throw new ConfigError(r.problems);
+  return Object.freeze(config);
+}

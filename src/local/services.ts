@@ -1,0 +1,184 @@
+/**
+ * Local, Docker-free provisioning of the services the provider needs, for `npm run dev`, the CLI
+ * and the tests. Production never uses this: there MONGODB_URI and REDIS_URL are required.
+ *
+ * MongoDB: a `mongod` on PATH when there is one, otherwise FerretDB v1.24.2 (MongoDB wire protocol)
+ * on SQLite, built once from scripts/ferretdb with the Go toolchain and cached per user.
+ */
+import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+
+export const FERRETDB_VERSION = 'v1.24.2';
+
+export interface LocalService {
+  readonly uri: string;
+  stop(): Promise<void>;
+}
+
+type Say = (message: string) => void;
+
+export function projectRoot(): string {
+  let dir = import.meta.dirname;
+  while (!fs.existsSync(path.join(dir, 'package.json'))) {
+    const parent = path.dirname(dir);
+    if (parent === dir) throw new Error('cannot find the project root (package.json)');
+    dir = parent;
+  }
+  return dir;
+}
+
+export async function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const server = net.createServer();
+    server.unref();
+    server.on('error', reject);
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address() as net.AddressInfo;
+      server.close(() => resolve(port));
+    });
+  });
+}
+
+function canConnect(port: number): Promise<boolean> {
+  return new Promise((resolve) => {
+    const socket = net.connect({ host: '127.0.0.1', port });
+    socket.once('connect', () => { socket.destroy(); resolve(true); });
+    socket.once('error', () => resolve(false));
+  });
+}
+
+async function waitForPort(port: number, child: ChildProcess | undefined, name: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  while (Date.now() < deadline) {
+    if (child && child.exitCode !== null) throw new Error(`${name} exited with code ${child.exitCode} before listening`);
+    if (await canConnect(port)) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`${name} did not listen on 127.0.0.1:${port} within ${timeoutMs / 1000}s`);
+}
+
+function onPath(command: string): boolean {
+  return spawnSync(command, ['--version'], { stdio: 'ignore' }).status === 0;
+}
+
+function stopChild(child: ChildProcess): Promise<void> {
+  return new Promise((resolve) => {
+    if (child.exitCode !== null || child.signalCode !== null) return resolve();
+    const killer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    child.once('exit', () => { clearTimeout(killer); resolve(); });
+    child.kill('SIGTERM');
+  });
+}
+
+/** Builds (once) and returns the path of the FerretDB wrapper binary. */
+export function ensureFerretDbBinary(say: Say): string {
+  const cacheDir = path.join(os.homedir(), '.cache', 'oidc-idp');
+  const binary = path.join(cacheDir, `ferretdb-${FERRETDB_VERSION}`);
+  if (fs.existsSync(binary)) return binary;
+  if (spawnSync('go', ['version'], { stdio: 'ignore' }).status !== 0) {
+    throw new Error('No MongoDB server: install mongod, set MONGODB_URI, or install Go to build FerretDB');
+  }
+  say(`Building FerretDB ${FERRETDB_VERSION} with the Go toolchain (first use only, can take a few minutes)...`);
+  fs.mkdirSync(cacheDir, { recursive: true });
+  const result = spawnSync('go', ['build', '-o', `${binary}.tmp`, '.'], {
+    cwd: path.join(projectRoot(), 'scripts', 'ferretdb'),
+    stdio: ['ignore', 'inherit', 'inherit'],
+  });
+  if (result.status !== 0) throw new Error(`building FerretDB failed (go build exited ${result.status})`);
+  fs.renameSync(`${binary}.tmp`, binary);
+  say(`FerretDB built: ${binary}`);
+  return binary;
+}
+
+interface MongoCommand { command: string; args: string[]; kind: 'mongod' | 'ferretdb' }
+
+function mongoCommand(dataDir: string, port: number, say: Say): MongoCommand {
+  if (onPath('mongod')) {
+    const dbPath = path.join(dataDir, 'mongod');
+    fs.mkdirSync(dbPath, { recursive: true });
+    return { kind: 'mongod', command: 'mongod', args: ['--dbpath', dbPath, '--port', String(port), '--bind_ip', '127.0.0.1', '--quiet'] };
+  }
+  const dbPath = path.join(dataDir, 'ferretdb');
+  fs.mkdirSync(dbPath, { recursive: true });
+  return {
+    kind: 'ferretdb',
+    command: ensureFerretDbBinary(say),
+    args: ['-listen-addr', `127.0.0.1:${port}`, '-handler', 'sqlite', '-sqlite-url', `file:${dbPath}/`, '-log-level', 'error'],
+  };
+}
+
+/** A throwaway server owned by the caller (tests): stopped with stop(). */
+export async function startEphemeralMongo(dataDir: string, say: Say): Promise<LocalService & { kind: string }> {
+  const port = await freePort();
+  const { command, args, kind } = mongoCommand(dataDir, port, say);
+  const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port, child, kind);
+  return { kind, uri: `mongodb://127.0.0.1:${port}`, stop: () => stopChild(child) };
+}
+
+function isAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * The long-lived development server under dataDir, shared by `npm run dev` and the CLI scripts.
+ * Started detached when not running, so it outlives the command that started it
+ * (`npm run local:stop` ends it).
+ */
+export async function ensureDevMongo(dataDir: string, say: Say): Promise<string> {
+  const stateFile = path.join(dataDir, 'mongo-server.json');
+  if (fs.existsSync(stateFile)) {
+    const state = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { pid: number; port: number };
+    if (isAlive(state.pid) && (await canConnect(state.port))) return `mongodb://127.0.0.1:${state.port}/oidc`;
+  }
+  const port = await freePort();
+  const { command, args, kind } = mongoCommand(dataDir, port, say);
+  fs.mkdirSync(dataDir, { recursive: true });
+  const log = fs.openSync(path.join(dataDir, 'mongo-server.log'), 'a');
+  const child = spawn(command, args, { stdio: ['ignore', log, log], detached: true });
+  child.unref();
+  fs.closeSync(log);
+  await waitForPort(port, child, kind);
+  fs.writeFileSync(stateFile, JSON.stringify({ pid: child.pid, port, kind }));
+  say(`Started local ${kind} on 127.0.0.1:${port} (data in ${dataDir}; stop it with npm run local:stop)`);
+  return `mongodb://127.0.0.1:${port}/oidc`;
+}
+
+export function stopDevMongo(dataDir: string): boolean {
+  const stateFile = path.join(dataDir, 'mongo-server.json');
+  if (!fs.existsSync(stateFile)) return false;
+  const { pid } = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { pid: number };
+  fs.rmSync(stateFile);
+  if (!isAlive(pid)) return false;
+  process.kill(pid, 'SIGTERM');
+  return true;
+}
+
+/** Installs redis-server from Debian when missing and we are root; false when impossible. */
+function ensureRedisServer(say: Say): boolean {
+  if (onPath('redis-server')) return true;
+  if (process.getuid?.() !== 0 || !onPath('apt-get')) return false;
+  say('Installing redis-server from Debian packages...');
+  spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
+  spawnSync('apt-get', ['install', '-y', '-qq', 'redis-server'], { stdio: 'inherit' });
+  return onPath('redis-server');
+}
+
+export async function startEphemeralRedis(dataDir: string, say: Say): Promise<LocalService> {
+  if (!ensureRedisServer(say)) throw new Error('redis-server is not installed and cannot be installed here; set REDIS_URL');
+  const port = await freePort();
+  fs.mkdirSync(dataDir, { recursive: true });
+  const child = spawn('redis-server', [
+    '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dataDir,
+  ], { stdio: ['ignore', 'ignore', 'inherit'] });
+  await waitForPort(port, child, 'redis-server');
+  return { uri: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
+}

@@ -1,0 +1,139 @@
+/**
+ * oidc-provider configuration. Departures from the library's defaults, and why:
+ * - devInteractions off: the built-in pages accept any password.
+ * - responseTypes ['code'] only: implicit and hybrid flows stay off (OAuth 2.1 / BCP 212).
+ * - PKCE (S256) required for every client unless PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS=false.
+ * - rotateRefreshToken always: a reused refresh token then revokes the whole grant.
+ * - allowOmittingSingleRegisteredRedirectUri false: redirect_uri is always sent and matched exactly.
+ * - ES256 signs ID tokens by default (see keys.ts).
+ * @see https://github.com/panva/node-oidc-provider/blob/main/docs/README.md
+ */
+import { Provider, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import type { AccountService } from '../accounts/service.ts';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observability/logger.ts';
+import type { PrivateJwks } from './keys.ts';
+
+export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] as const;
+
+export const SCOPE_DESCRIPTIONS: Record<string, string> = {
+  openid: 'Sign you in with your account',
+  profile: 'See your name',
+  email: 'See your email address and whether it is verified',
+  roles: 'See the roles you hold',
+  offline_access: 'Stay connected when you are not using the app',
+};
+
+export interface ProviderDeps {
+  config: Config;
+  store: ArtifactStore;
+  accounts: AccountService;
+  jwks: PrivateJwks;
+  cookieKeys: readonly string[];
+  logger: Logger;
+}
+
+type Render = (view: string, locals: Record<string, unknown>) => Promise<void>;
+
+/** Pages are rendered by koa-views on the outer app; mounting shares its ctx with the provider. */
+function render(ctx: KoaContextWithOIDC): Render {
+  return (ctx as unknown as { render: Render }).render;
+}
+
+export function createProvider({ config, store, accounts, jwks, cookieKeys, logger }: ProviderDeps): Provider {
+  const cookie = { httpOnly: true, sameSite: 'lax' as const, secure: config.isProduction };
+
+  const configuration: Configuration = {
+    adapter: (name: string) => store.adapterFor(name),
+    clients: [],
+    jwks,
+    findAccount: (_ctx, id) => accounts.findAccount(id),
+    cookies: { keys: [...cookieKeys], long: cookie, short: cookie },
+    scopes: [...SCOPES],
+    claims: {
+      openid: ['sub'],
+      profile: ['name', 'updated_at'],
+      email: ['email', 'email_verified'],
+      roles: ['roles'],
+    },
+    responseTypes: ['code'],
+    pkce: {
+      required: (_ctx, client) => client.clientAuthMethod === 'none' || config.pkceRequiredForConfidentialClients,
+    },
+    rotateRefreshToken: true,
+    allowOmittingSingleRegisteredRedirectUri: false,
+    clockTolerance: 5,
+    clientDefaults: {
+      grant_types: ['authorization_code'],
+      response_types: ['code'],
+      token_endpoint_auth_method: 'client_secret_basic',
+      id_token_signed_response_alg: 'ES256',
+    },
+    enabledJWA: {
+      idTokenSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+      userinfoSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+      introspectionSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+    },
+    ttl: {
+      AccessToken: config.ttl.accessToken,
+      AuthorizationCode: config.ttl.authorizationCode,
+      ClientCredentials: config.ttl.clientCredentials,
+      IdToken: config.ttl.idToken,
+      RefreshToken: config.ttl.refreshToken,
+      Session: config.ttl.session,
+      Interaction: config.ttl.interaction,
+      Grant: config.ttl.grant,
+    },
+    interactions: {
+      url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    },
+    features: {
+      devInteractions: { enabled: false },
+      clientCredentials: { enabled: true },
+      introspection: {
+        enabled: true,
+        // Confidential clients are resource servers and may introspect any token; a public
+        // client may only look at its own.
+        allowedPolicy: async (_ctx, client, token) =>
+          client.clientAuthMethod !== 'none' || token.clientId === client.clientId,
+      },
+      revocation: {
+        enabled: true,
+        allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId,
+      },
+      rpInitiatedLogout: {
+        enabled: true,
+        logoutSource: async (ctx, form) => {
+          // `form` is oidc-provider's own form with its xsrf token; the template only places it.
+          await render(ctx)('logout', { title: 'Sign out', logoutForm: form, clientName: ctx.oidc.client?.clientName });
+        },
+        postLogoutSuccessSource: async (ctx) => {
+          await render(ctx)('logged-out', { title: 'Signed out', clientName: ctx.oidc.client?.clientName });
+        },
+      },
+    },
+    renderError: async (ctx, out, error) => {
+      logger.info({ err: { name: error.name, message: error.message }, error: out.error }, 'oidc error page');
+      ctx.type = 'html';
+      await render(ctx)('error', {
+        title: 'Something went wrong',
+        heading: 'The sign-in request could not be completed',
+        message: out.error_description ?? 'Please return to the application and try again.',
+        code: out.error,
+      });
+    },
+  };
+
+  const provider = new Provider(config.issuer, configuration);
+  provider.proxy = config.trustProxy;
+  provider.on('server_error', (_ctx, error) => logger.error({ err: error }, 'oidc-provider server error'));
+  // Expected client mistakes (invalid_grant, ...): worth a line, never a stack or a token.
+  const refused = (event: string) => (_ctx: unknown, error: Error) =>
+    logger.info({ event, error: error.name, detail: error.message }, 'oidc request refused');
+  provider.on('grant.error', refused('grant.error'));
+  provider.on('introspection.error', refused('introspection.error'));
+  provider.on('revocation.error', refused('revocation.error'));
+  provider.on('end_session.error', refused('end_session.error'));
+  return provider;
+}
