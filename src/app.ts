@@ -19,7 +19,7 @@ function wantsJson(ctx: Context): boolean {
 
 export function createApp(services: Services): Koa {
   const { config, provider, logger } = services;
-  const app = new Koa({ proxy: config.trustProxy });
+  const app = new Koa({ proxy: config.trustProxy, keys: [...services.cookieKeys] });
 
   app.use(securityHeaders({ hsts: config.isProduction }));
   app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs' }));

@@ -26,6 +26,8 @@ export interface Services {
   readonly accounts: AccountService;
   readonly provider: Provider;
   readonly clients: ClientService;
+  /** Keys for signed cookies, newest first (shared with oidc-provider). */
+  readonly cookieKeys: readonly string[];
   /** Closes connections and timers; safe to call once. */
   close(): Promise<void>;
 }
@@ -74,7 +76,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
 
     let closed = false;
     return {
-      config, logger, connection, redis, store, accounts, provider, clients,
+      config, logger, connection, redis, store, accounts, provider, clients, cookieKeys,
       async close() {
         if (closed) return;
         closed = true;

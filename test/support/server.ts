@@ -1,0 +1,28 @@
+/** Starts the real app (real Koa, MongoDB, Redis) on a free loopback port for one suite. */
+import { loadConfig } from '../../src/config.ts';
+import { freePort } from '../../src/local/services.ts';
+import { createLogger } from '../../src/observability/logger.ts';
+import { startServer, type RunningServer } from '../../src/server.ts';
+import { testMongoUri, testRedisUrl } from './env.ts';
+
+export interface TestServer extends RunningServer {
+  readonly issuer: string;
+}
+
+export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+  const port = await freePort();
+  const issuer = `http://127.0.0.1:${port}`;
+  const config = loadConfig({
+    NODE_ENV: 'test',
+    ISSUER: issuer,
+    HOST: '127.0.0.1',
+    PORT: String(port),
+    MONGODB_URI: testMongoUri('e2e'),
+    REDIS_URL: testRedisUrl(),
+    COOKIE_KEYS: 'test-cookie-key-0123456789abcdefghijklmnop',
+    LOG_LEVEL: process.env.TEST_LOG_LEVEL ?? 'silent',
+    ...env,
+  });
+  const running = await startServer(config, createLogger(config.logLevel));
+  return Object.assign(running, { issuer });
+}
