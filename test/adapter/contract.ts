@@ -1,0 +1,207 @@
+/**
+ * A reusable conformance suite for the oidc-provider storage adapter (in the spirit of Dex's
+ * storage conformance tests): any backend that yields an ArtifactStore must pass it unchanged.
+ * Expiry is checked through the adapter itself, so it holds whether or not the server enforces
+ * TTL indexes (FerretDB v1 does not; MongoDB does, lazily).
+ */
+import { randomUUID } from 'node:crypto';
+import { errors, type AdapterPayload } from 'oidc-provider';
+import { MODEL_NAMES, type ArtifactStore } from '../../adapters/mongodb.ts';
+
+export interface AdapterHarness {
+  store: ArtifactStore;
+  close(): Promise<void>;
+}
+
+const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
+const id = () => randomUUID();
+
+/** Index key specs of a model's collection, e.g. [{ 'payload.grantId': 1 }, ...]. */
+async function indexKeys(store: ArtifactStore, model: string): Promise<Record<string, unknown>[]> {
+  return (await store.collection(model).indexes()).map((index) => index.key as Record<string, unknown>);
+}
+
+export function describeAdapterContract(label: string, factory: () => Promise<AdapterHarness>): void {
+  describe(`oidc-provider adapter contract: ${label}`, () => {
+    let harness: AdapterHarness;
+    let store: ArtifactStore;
+
+    beforeAll(async () => {
+      harness = await factory();
+      store = harness.store;
+    });
+
+    afterAll(async () => {
+      await harness?.close();
+    });
+
+    describe('upsert and find', () => {
+      test('find returns the payload that was upserted', async () => {
+        const adapter = store.adapterFor('AccessToken');
+        const key = id();
+        const payload: AdapterPayload = { jti: key, kind: 'AccessToken', accountId: 'acc-1', grantId: id(), scope: 'openid' };
+        await adapter.upsert(key, payload, 60);
+        expect(await adapter.find(key)).toEqual(payload);
+      });
+
+      test('a second upsert with the same id replaces the payload', async () => {
+        const adapter = store.adapterFor('Grant');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'Grant', accountId: 'old', scope: 'openid' }, 60);
+        await adapter.upsert(key, { jti: key, kind: 'Grant', accountId: 'new' }, 60);
+        expect(await adapter.find(key)).toEqual({ jti: key, kind: 'Grant', accountId: 'new' });
+      });
+
+      test('find of a missing id is undefined', async () => {
+        expect(await store.adapterFor('AccessToken').find(id())).toBeUndefined();
+      });
+
+      test('an expired artifact is not returned by find, findByUid or findByUserCode', async () => {
+        const session = store.adapterFor('Session');
+        const device = store.adapterFor('DeviceCode');
+        const token = store.adapterFor('AccessToken');
+        const [sessionId, uid, deviceId, userCode, tokenId] = [id(), id(), id(), id(), id()];
+        await session.upsert(sessionId, { jti: sessionId, kind: 'Session', uid }, 1);
+        await device.upsert(deviceId, { jti: deviceId, kind: 'DeviceCode', userCode }, 1);
+        await token.upsert(tokenId, { jti: tokenId, kind: 'AccessToken' }, 1);
+        expect(await session.findByUid(uid)).toBeDefined();
+        expect(await device.findByUserCode(userCode)).toBeDefined();
+        expect(await token.find(tokenId)).toBeDefined();
+
+        await sleep(1200);
+        expect(await token.find(tokenId)).toBeUndefined();
+        expect(await session.find(sessionId)).toBeUndefined();
+        expect(await session.findByUid(uid)).toBeUndefined();
+        expect(await device.find(deviceId)).toBeUndefined();
+        expect(await device.findByUserCode(userCode)).toBeUndefined();
+      });
+    });
+
+    describe('lookups by secondary key', () => {
+      test('findByUid finds a Session by its uid', async () => {
+        const adapter = store.adapterFor('Session');
+        const [key, uid] = [id(), id()];
+        await adapter.upsert(key, { jti: key, kind: 'Session', uid, accountId: 'acc-2' }, 60);
+        expect(await adapter.findByUid(uid)).toEqual({ jti: key, kind: 'Session', uid, accountId: 'acc-2' });
+        expect(await adapter.findByUid(id())).toBeUndefined();
+      });
+
+      test('findByUserCode finds a DeviceCode by its user code', async () => {
+        const adapter = store.adapterFor('DeviceCode');
+        const [key, userCode] = [id(), id()];
+        await adapter.upsert(key, { jti: key, kind: 'DeviceCode', userCode, clientId: 'c' }, 60);
+        expect(await adapter.findByUserCode(userCode)).toEqual({ jti: key, kind: 'DeviceCode', userCode, clientId: 'c' });
+        expect(await adapter.findByUserCode(id())).toBeUndefined();
+      });
+    });
+
+    describe('consume', () => {
+      test('marks the artifact consumed with epoch seconds', async () => {
+        const adapter = store.adapterFor('AuthorizationCode');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode', grantId: id() }, 60);
+        const before = Math.floor(Date.now() / 1000);
+        await adapter.consume(key);
+        const found = await adapter.find(key);
+        expect(typeof found?.consumed).toBe('number');
+        expect(found!.consumed).toBeGreaterThanOrEqual(before);
+        expect(found!.consumed).toBeLessThanOrEqual(Math.ceil(Date.now() / 1000));
+      });
+
+      test('a second consume rejects with InvalidGrant', async () => {
+        const adapter = store.adapterFor('RefreshToken');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'RefreshToken', grantId: id() }, 60);
+        await adapter.consume(key);
+        const second = await adapter.consume(key).then(() => 'fulfilled', (error: unknown) => error);
+        expect(second).toBeInstanceOf(errors.InvalidGrant);
+      });
+
+      test('of 20 concurrent consumers of one code exactly one wins', async () => {
+        const adapter = store.adapterFor('AuthorizationCode');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode', grantId: id() }, 60);
+        const results = await Promise.allSettled(Array.from({ length: 20 }, () => adapter.consume(key)));
+        const fulfilled = results.filter((r) => r.status === 'fulfilled');
+        const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
+        expect(fulfilled).toHaveLength(1);
+        expect(rejected).toHaveLength(19);
+        for (const r of rejected) expect(r.reason).toBeInstanceOf(errors.InvalidGrant);
+        expect(typeof (await adapter.find(key))?.consumed).toBe('number');
+      });
+
+      test('consume of a missing id rejects with InvalidGrant', async () => {
+        const outcome = await store.adapterFor('AuthorizationCode').consume(id()).then(() => 'fulfilled', (e: unknown) => e);
+        expect(outcome).toBeInstanceOf(errors.InvalidGrant);
+      });
+    });
+
+    describe('removal', () => {
+      test('destroy removes the artifact', async () => {
+        const adapter = store.adapterFor('Interaction');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'Interaction' }, 60);
+        await adapter.destroy(key);
+        expect(await adapter.find(key)).toBeUndefined();
+      });
+
+      test('revokeByGrantId removes the grant\'s artifacts of that model and nothing else', async () => {
+        const [revoked, kept] = [id(), id()];
+        for (const model of ['AccessToken', 'RefreshToken', 'AuthorizationCode']) {
+          const adapter = store.adapterFor(model);
+          const ids = { revokedA: id(), revokedB: id(), kept: id() };
+          await adapter.upsert(ids.revokedA, { jti: ids.revokedA, kind: model, grantId: revoked }, 60);
+          await adapter.upsert(ids.revokedB, { jti: ids.revokedB, kind: model, grantId: revoked }, 60);
+          await adapter.upsert(ids.kept, { jti: ids.kept, kind: model, grantId: kept }, 60);
+
+          await adapter.revokeByGrantId(revoked);
+          expect(await adapter.find(ids.revokedA)).toBeUndefined();
+          expect(await adapter.find(ids.revokedB)).toBeUndefined();
+          expect(await adapter.find(ids.kept)).toEqual({ jti: ids.kept, kind: model, grantId: kept });
+          expect(await store.collection(model).countDocuments({ 'payload.grantId': revoked })).toBe(0);
+        }
+      });
+
+      test('sweepExpired deletes expired documents and leaves live ones', async () => {
+        const adapter = store.adapterFor('AccessToken');
+        const grantId = id();
+        const [expired, live, forever] = [id(), id(), id()];
+        await adapter.upsert(expired, { jti: expired, kind: 'AccessToken', grantId }, 1);
+        await adapter.upsert(live, { jti: live, kind: 'AccessToken', grantId }, 3600);
+        await adapter.upsert(forever, { jti: forever, kind: 'AccessToken', grantId });
+        await sleep(1200);
+
+        const removed = await store.sweepExpired();
+        expect(removed).toBeGreaterThanOrEqual(1);
+        const raw = store.collection('AccessToken');
+        expect(await raw.countDocuments({ _id: expired })).toBe(0);
+        expect(await raw.countDocuments({ 'payload.grantId': grantId })).toBe(2);
+        expect(await adapter.find(live)).toBeDefined();
+        expect(await adapter.find(forever)).toBeDefined();
+      });
+    });
+
+    describe('indexes and models', () => {
+      test('ensureIndexes created the lookup and expiry indexes', async () => {
+        for (const model of ['AccessToken', 'RefreshToken', 'AuthorizationCode', 'Session']) {
+          expect(await indexKeys(store, model)).toContainEqual({ 'payload.grantId': 1 });
+        }
+        expect(await indexKeys(store, 'Session')).toContainEqual({ 'payload.uid': 1 });
+        expect(await indexKeys(store, 'DeviceCode')).toContainEqual({ 'payload.userCode': 1 });
+        for (const model of MODEL_NAMES) {
+          expect(await indexKeys(store, model)).toContainEqual({ expiresAt: 1 });
+        }
+      });
+
+      test.each([...MODEL_NAMES])('%s artifacts round-trip', async (model) => {
+        const adapter = store.adapterFor(model);
+        const key = id();
+        const payload: AdapterPayload = { jti: key, kind: model, iat: 1_700_000_000, exp: 1_700_000_060, extra: { nested: [1, 'two'] } };
+        await adapter.upsert(key, payload, 60);
+        expect(await adapter.find(key)).toEqual(payload);
+        await adapter.destroy(key);
+        expect(await adapter.find(key)).toBeUndefined();
+      });
+    });
+  });
+}

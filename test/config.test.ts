@@ -1,0 +1,149 @@
+/**
+ * loadConfig is pure: it reads only the object it is given, so these are plain unit tests. The
+ * last test checks the real entry point exits with a message naming the bad variable.
+ */
+import { spawnSync } from 'node:child_process';
+import path from 'node:path';
+import { ConfigError, loadConfig } from '../src/config.ts';
+
+const ROOT = path.resolve(import.meta.dirname, '..');
+const COOKIE_KEY = 'k'.repeat(32);
+const PRIVATE_JWKS = JSON.stringify({ keys: [{ kty: 'EC', crv: 'P-256', x: 'x', y: 'y', d: 'd' }] });
+const PRODUCTION = {
+  NODE_ENV: 'production',
+  ISSUER: 'https://id.example.com',
+  MONGODB_URI: 'mongodb://db.internal:27017/idp',
+  REDIS_URL: 'rediss://cache.internal:6380',
+  COOKIE_KEYS: `${COOKIE_KEY},${'o'.repeat(40)}`,
+};
+
+/** The ConfigError thrown by loadConfig(env); fails the test when nothing (or something else) is thrown. */
+function configError(env: Record<string, string>): ConfigError {
+  try {
+    loadConfig(env);
+  } catch (error) {
+    expect(error).toBeInstanceOf(ConfigError);
+    return error as ConfigError;
+  }
+  throw new Error(`loadConfig accepted ${JSON.stringify(env)}`);
+}
+
+function problemsFor(env: Record<string, string>, variable: string): string[] {
+  return configError(env).problems.filter((p) => p.startsWith(`${variable}:`));
+}
+
+describe('defaults', () => {
+  test('an empty environment gives a development config on localhost:3000', () => {
+    const config = loadConfig({});
+    expect(config.nodeEnv).toBe('development');
+    expect(config.isProduction).toBe(false);
+    expect(config.issuer).toBe('http://localhost:3000');
+    expect(config.port).toBe(3000);
+    expect(config.host).toBe('127.0.0.1');
+    expect(config.trustProxy).toBe(false);
+    expect(config.logLevel).toBe('info');
+    expect(config.mongodbUri).toBeUndefined();
+    expect(config.redisUrl).toBeUndefined();
+    expect(config.cookieKeys).toBeUndefined();
+    expect(config.jwks).toBeUndefined();
+    expect(config.ttl.authorizationCode).toBe(60);
+    expect(config.argon2).toEqual({ memoryKiB: 19456, timeCost: 2, parallelism: 1 });
+    expect(Object.isFrozen(config)).toBe(true);
+  });
+
+  test('the default issuer follows PORT, and blank values count as unset', () => {
+    expect(loadConfig({ PORT: '4000' }).issuer).toBe('http://localhost:4000');
+    expect(loadConfig({ PORT: '  ', LOG_LEVEL: '' }).port).toBe(3000);
+  });
+
+  test('well-formed values are parsed', () => {
+    const config = loadConfig({
+      PORT: '8080', TRUST_PROXY: 'yes', LOG_LEVEL: 'debug', OIDC_JWKS: PRIVATE_JWKS,
+      COOKIE_KEYS: ` ${COOKIE_KEY} , ${'n'.repeat(33)} `, TTL_AUTHORIZATION_CODE: '30', ARGON2_MEMORY_KIB: '65536',
+    });
+    expect(config).toMatchObject({ port: 8080, trustProxy: true, logLevel: 'debug', argon2: { memoryKiB: 65536 } });
+    expect(config.cookieKeys).toEqual([COOKIE_KEY, 'n'.repeat(33)]);
+    expect(config.jwks?.keys).toHaveLength(1);
+    expect(config.ttl.authorizationCode).toBe(30);
+  });
+});
+
+describe('malformed values', () => {
+  test.each<[string, string]>([
+    ['PORT', 'abc'],
+    ['PORT', '70000'],
+    ['TRUST_PROXY', 'maybe'],
+    ['LOG_LEVEL', 'loud'],
+    ['ISSUER', 'https://id.example.com/'],
+    ['ISSUER', 'not a url'],
+    ['MONGODB_URI', 'http://x'],
+    ['COOKIE_KEYS', `${COOKIE_KEY},short`],
+    ['OIDC_JWKS', '{not json'],
+    ['OIDC_JWKS', JSON.stringify({ keys: [{ kty: 'EC', crv: 'P-256', x: 'x', y: 'y' }] })],
+    ['TTL_AUTHORIZATION_CODE', '120'],
+    ['ARGON2_MEMORY_KIB', '1024'],
+  ])('%s=%s is reported on one line naming the variable', (variable, value) => {
+    const error = configError({ [variable]: value });
+    expect(error.problems).toHaveLength(1);
+    expect(error.problems[0]!.startsWith(`${variable}: `)).toBe(true);
+    expect(error.message).toContain(error.problems[0]);
+  });
+
+  test('several bad variables are all reported at once', () => {
+    const error = configError({ PORT: 'abc', TRUST_PROXY: 'maybe', LOG_LEVEL: 'loud', TTL_AUTHORIZATION_CODE: '120' });
+    expect(error.problems.map((p) => p.split(':')[0])).toEqual(
+      expect.arrayContaining(['PORT', 'TRUST_PROXY', 'LOG_LEVEL', 'TTL_AUTHORIZATION_CODE']),
+    );
+    expect(error.problems).toHaveLength(4);
+  });
+
+  test('a connection string is never echoed back', () => {
+    const error = configError({ MONGODB_URI: 'http://user:s3cret@host', REDIS_URL: 'http://u:hunter2@cache' });
+    expect(problemsFor({ MONGODB_URI: 'http://user:s3cret@host' }, 'MONGODB_URI')).toHaveLength(1);
+    expect(error.message).not.toContain('s3cret');
+    expect(error.message).not.toContain('hunter2');
+    expect(error.problems.join('\n')).not.toContain('s3cret');
+  });
+});
+
+describe('production', () => {
+  test('a complete https configuration is accepted', () => {
+    const config = loadConfig(PRODUCTION);
+    expect(config).toMatchObject({
+      nodeEnv: 'production', isProduction: true, issuer: 'https://id.example.com', host: '0.0.0.0',
+      mongodbUri: PRODUCTION.MONGODB_URI, redisUrl: PRODUCTION.REDIS_URL,
+    });
+    expect(config.cookieKeys).toHaveLength(2);
+  });
+
+  test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL'])('refuses to start without %s', (variable) => {
+    const env: Record<string, string> = { ...PRODUCTION };
+    delete env[variable];
+    const error = configError(env);
+    expect(error.problems).toHaveLength(1);
+    expect(error.problems[0]).toMatch(new RegExp(`^${variable}: required in production`));
+  });
+
+  test('refuses an http issuer other than localhost', () => {
+    expect(problemsFor({ ...PRODUCTION, ISSUER: 'http://id.example.com' }, 'ISSUER')).toHaveLength(1);
+    expect(loadConfig({ ...PRODUCTION, ISSUER: 'http://localhost:3000' }).issuer).toBe('http://localhost:3000');
+    expect(loadConfig({ ...PRODUCTION, ISSUER: 'http://localhost' }).issuer).toBe('http://localhost');
+  });
+
+  test('the same http issuer is fine outside production', () => {
+    expect(loadConfig({ ISSUER: 'http://id.example.com' }).issuer).toBe('http://id.example.com');
+  });
+});
+
+test('the server exits with a message naming the bad variable', () => {
+  const result = spawnSync('node', ['src/server.ts'], {
+    cwd: ROOT,
+    env: { ...process.env, NODE_ENV: 'production', PORT: 'abc' },
+    encoding: 'utf8',
+    timeout: 20_000,
+  });
+  expect(result.error).toBeUndefined();
+  expect(result.signal).toBeNull();
+  expect(result.status).not.toBe(0);
+  expect(result.stderr).toContain('PORT:');
+});
