@@ -16,6 +16,10 @@
  * indexes; FerretDB v1 has none, so `ArtifactStore.sweepExpired` deletes them periodically. Either
  * way nothing expired is ever returned, because TTL deletion is lazy even on MongoDB.
  *
+ * Secondary keys (a Session's uid, a DeviceCode's userCode) also get a pointer document in
+ * `oidc_lookup` keyed by `_id`, because FerretDB v1 answers only `_id` queries from its indexes
+ * and would scan the whole collection for `payload.uid`. Real MongoDB uses either path in O(log n).
+ *
  * Consumption is decided by inserting `{_id: "<model>:<id>"}` into `oidc_consumed`: a unique-key
  * insert is atomic on every backend, while a conditional update is not atomic on FerretDB v1.
  */
@@ -33,6 +37,11 @@ export type ModelName = (typeof MODEL_NAMES)[number];
 const GRANTABLE = new Set<string>([
   'AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest',
 ]);
+
+/** Secondary keys that get an `_id`-keyed pointer; their values never change for an artifact. */
+const SECONDARY_KEYS: Record<string, 'uid' | 'userCode'> = { Session: 'uid', DeviceCode: 'userCode' };
+
+interface LookupDocument { _id: string; id: string; expiresAt?: Date }
 
 interface ArtifactDocument {
   _id: string;
@@ -54,14 +63,42 @@ export function collectionName(model: string): string {
   return `oidc_${model.toLowerCase()}`;
 }
 
+/**
+ * Client metadata is read on nearly every protocol request but changes only through the admin
+ * CLI, so each instance keeps it for a few seconds. A change made elsewhere (another instance, the
+ * CLI) therefore takes up to `ttlMs` to be seen; 0 turns the cache off.
+ */
+class ClientCache {
+  private readonly entries = new Map<string, { payload: AdapterPayload | undefined; until: number }>();
+  private readonly ttlMs: number;
+  constructor(ttlMs: number) {
+    this.ttlMs = ttlMs;
+  }
+  get(id: string): { payload: AdapterPayload | undefined } | undefined {
+    const entry = this.entries.get(id);
+    if (!entry || entry.until < Date.now()) return undefined;
+    return entry;
+  }
+  set(id: string, payload: AdapterPayload | undefined): void {
+    if (this.ttlMs <= 0) return;
+    if (this.entries.size >= 10_000) this.entries.clear();
+    this.entries.set(id, { payload, until: Date.now() + this.ttlMs });
+  }
+  forget(id: string): void {
+    this.entries.delete(id);
+  }
+}
+
 /** Owns the collections and their maintenance; adapters are thin views onto it. */
 export class ArtifactStore {
   readonly connection: Connection;
   /** True when the server enforces TTL indexes itself (real MongoDB). */
   ttlIndexes = false;
+  readonly clientCache: ClientCache;
 
-  constructor(connection: Connection) {
+  constructor(connection: Connection, options: { clientCacheSeconds?: number } = {}) {
     this.connection = connection;
+    this.clientCache = new ClientCache((options.clientCacheSeconds ?? 0) * 1000);
   }
 
   collection(model: string): Collection<ArtifactDocument> {
@@ -72,11 +109,20 @@ export class ArtifactStore {
     return this.connection.collection('oidc_consumed');
   }
 
+  get lookups(): Collection<LookupDocument> {
+    return this.connection.collection('oidc_lookup');
+  }
+
+  /** Every collection with expiring documents: the models' plus `oidc_consumed` and `oidc_lookup`. */
+  private maintained(model: string): Collection {
+    return this.connection.collection(collectionName(model));
+  }
+
   /** Run once at start-up (never per request). Detects TTL support by trying it. */
   async ensureIndexes(): Promise<void> {
     this.ttlIndexes = true;
-    for (const model of [...MODEL_NAMES, 'consumed']) {
-      const collection = model === 'consumed' ? this.consumed : this.collection(model);
+    for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
+      const collection = this.maintained(model);
       if (GRANTABLE.has(model) || model === 'Session') {
         await collection.createIndex({ 'payload.grantId': 1 });
       }
@@ -97,8 +143,8 @@ export class ArtifactStore {
   /** Deletes expired artifacts; needed where TTL indexes are not enforced. Returns the count. */
   async sweepExpired(now = new Date()): Promise<number> {
     let removed = 0;
-    for (const model of [...MODEL_NAMES, 'consumed']) {
-      const collection = model === 'consumed' ? this.consumed : this.collection(model);
+    for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
+      const collection = this.maintained(model);
       const result = await collection.deleteMany({ expiresAt: { $lt: now } });
       removed += result.deletedCount;
     }
@@ -124,37 +170,69 @@ export class MongoAdapter implements Adapter {
   private readonly model: string;
   private readonly store: ArtifactStore;
   private readonly collection: Collection<ArtifactDocument>;
+  private readonly cache: ClientCache | undefined;
 
   constructor(model: string, store: ArtifactStore) {
     this.model = model;
     this.store = store;
     this.collection = store.collection(model);
+    this.cache = model === 'Client' ? store.clientCache : undefined;
   }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
+    this.cache?.forget(id);
     const doc: ArtifactDocument = { _id: id, payload };
     if (typeof expiresIn === 'number' && expiresIn > 0) {
       doc.expiresAt = new Date(Date.now() + expiresIn * 1000);
     }
-    await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
+    // Most artifacts are written once under a fresh id, and a plain insert is much cheaper than
+    // an upsert on FerretDB (which implements upsert as a read and a write); fall back to a
+    // replace for the ones that are saved again (Session, Interaction, Grant, Client).
+    try {
+      await this.collection.insertOne(doc);
+    } catch (error) {
+      if (!isDuplicateKey(error)) throw error;
+      await this.collection.replaceOne({ _id: id }, doc);
+    }
+    const key = SECONDARY_KEYS[this.model];
+    const value = key ? payload[key] : undefined;
+    if (typeof value === 'string') {
+      // Usually written once. oidc-provider re-keys a session (new id, same uid) when the user
+      // signs in, and then the pointer must follow it.
+      const pointer: LookupDocument = { _id: `${this.model}:${value}`, id, ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}) };
+      try {
+        await this.store.lookups.insertOne(pointer);
+      } catch (error) {
+        if (!isDuplicateKey(error)) throw error;
+        await this.store.lookups.updateOne({ _id: pointer._id, id: { $ne: id } }, { $set: pointer });
+      }
+    }
+  }
+
+  private async findBySecondaryKey(key: 'uid' | 'userCode', value: string): Promise<AdapterPayload | undefined> {
+    const pointer = await this.store.lookups.findOne({ _id: `${this.model}:${value}` });
+    const doc = pointer
+      ? await this.collection.findOne({ _id: pointer.id })
+      : await this.collection.findOne({ [`payload.${key}`]: value }); // written before pointers existed
+    return isLive(doc) && doc.payload[key] === value ? doc.payload : undefined;
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
     if (typeof id !== 'string') return undefined;
+    const cached = this.cache?.get(id);
+    if (cached) return cached.payload;
     const doc = await this.collection.findOne({ _id: id });
-    return isLive(doc) ? doc.payload : undefined;
+    const payload = isLive(doc) ? doc.payload : undefined;
+    this.cache?.set(id, payload);
+    return payload;
   }
 
   async findByUid(uid: string): Promise<AdapterPayload | undefined> {
-    if (typeof uid !== 'string') return undefined;
-    const doc = await this.collection.findOne({ 'payload.uid': uid });
-    return isLive(doc) ? doc.payload : undefined;
+    return typeof uid === 'string' ? this.findBySecondaryKey('uid', uid) : undefined;
   }
 
   async findByUserCode(userCode: string): Promise<AdapterPayload | undefined> {
-    if (typeof userCode !== 'string') return undefined;
-    const doc = await this.collection.findOne({ 'payload.userCode': userCode });
-    return isLive(doc) ? doc.payload : undefined;
+    return typeof userCode === 'string' ? this.findBySecondaryKey('userCode', userCode) : undefined;
   }
 
   async consume(id: string): Promise<void> {
@@ -177,6 +255,7 @@ export class MongoAdapter implements Adapter {
   }
 
   async destroy(id: string): Promise<void> {
+    this.cache?.forget(id);
     await this.collection.deleteOne({ _id: id });
   }
 

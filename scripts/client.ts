@@ -61,9 +61,7 @@ await runCli(USAGE, async ([command, ...rest], open) => {
     }
     case 'show': {
       const id = oneId(parse(rest, {}).positionals);
-      const client = await (await open()).clients.get(id);
-      if (!client) throw new UsageError(`no client with id "${id}"`);
-      const { client_secret: _secret, ...shown } = client;
+      const { client_secret: _secret, ...shown } = await (await open()).clients.require(id);
       print(shown);
       return;
     }

@@ -22,7 +22,8 @@ export function createApp(services: Services): Koa {
   const app = new Koa({ proxy: config.trustProxy, keys: [...services.cookieKeys] });
 
   app.use(securityHeaders({ hsts: config.isProduction }));
-  app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs' }));
+  // Compiled templates are cached except in development, where edits show on reload.
+  app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs', options: { cache: config.nodeEnv !== 'development' } }));
 
   // One place that turns errors into answers: our own errors show their message, anything
   // unexpected shows a generic one and is logged in full (without request bodies).

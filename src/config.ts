@@ -27,6 +27,8 @@ export interface Config {
   readonly dataDir: string;
   readonly pkceRequiredForConfidentialClients: boolean;
   readonly sweepIntervalSeconds: number;
+  /** How long an instance may use client metadata it has read (0: always read). */
+  readonly clientCacheSeconds: number;
   readonly ttl: {
     readonly accessToken: number;
     readonly authorizationCode: number;
@@ -184,6 +186,7 @@ export function loadConfig(env: Env): Config {
     dataDir: path.resolve(r.string('LOCAL_DATA_DIR', '.data')),
     pkceRequiredForConfidentialClients: r.bool('PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS', true),
     sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
+    clientCacheSeconds: r.int('CLIENT_CACHE_SECONDS', 10, 0, 300),
     ttl: {
       accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, day),
       authorizationCode: r.int('TTL_AUTHORIZATION_CODE', 60, 10, 60),

@@ -56,7 +56,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
   let stopSweeper = () => {};
   try {
     redis = await connectRedis(config, logger);
-    const store = new ArtifactStore(connection);
+    const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
     stopSweeper = store.startSweeper(config.sweepIntervalSeconds, (error) =>
       logger.error({ err: error }, 'sweeping expired artifacts failed'));

@@ -97,7 +97,7 @@ export class ClientService {
     return (await this.adapter.find(clientId)) as StoredClient | undefined;
   }
 
-  private async require(clientId: string): Promise<StoredClient> {
+  async require(clientId: string): Promise<StoredClient> {
     const client = await this.get(clientId);
     if (!client) throw new AppError('client_not_found', `no client with id "${clientId}"`, 404);
     return client;

@@ -129,8 +129,8 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
   provider.proxy = config.trustProxy;
   provider.on('server_error', (_ctx, error) => logger.error({ err: error }, 'oidc-provider server error'));
   // Expected client mistakes (invalid_grant, ...): worth a line, never a stack or a token.
-  const refused = (event: string) => (_ctx: unknown, error: Error) =>
-    logger.info({ event, error: error.name, detail: error.message }, 'oidc request refused');
+  const refused = (event: string) => (_ctx: unknown, error: Error & { error_description?: string }) =>
+    logger.info({ event, error: error.message, detail: error.error_description }, 'oidc request refused');
   provider.on('grant.error', refused('grant.error'));
   provider.on('introspection.error', refused('introspection.error'));
   provider.on('revocation.error', refused('revocation.error'));

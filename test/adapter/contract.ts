@@ -86,6 +86,16 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
         expect(await adapter.findByUid(id())).toBeUndefined();
       });
 
+      test('findByUid follows a Session that is re-keyed under a new id with the same uid', async () => {
+        // oidc-provider does this at sign-in (session fixation defence).
+        const adapter = store.adapterFor('Session');
+        const [oldKey, newKey, uid] = [id(), id(), id()];
+        await adapter.upsert(oldKey, { jti: oldKey, kind: 'Session', uid }, 60);
+        await adapter.destroy(oldKey);
+        await adapter.upsert(newKey, { jti: newKey, kind: 'Session', uid, accountId: 'acc-3' }, 60);
+        expect(await adapter.findByUid(uid)).toEqual({ jti: newKey, kind: 'Session', uid, accountId: 'acc-3' });
+      });
+
       test('findByUserCode finds a DeviceCode by its user code', async () => {
         const adapter = store.adapterFor('DeviceCode');
         const [key, userCode] = [id(), id()];

@@ -9,6 +9,12 @@ export interface Form {
 
 export class Browser {
   private readonly cookies = new Map<string, string>();
+  private readonly defaultHeaders: Record<string, string>;
+
+  /** defaultHeaders go with every request (the benchmark sends X-Forwarded-Proto through them). */
+  constructor(defaultHeaders: Record<string, string> = {}) {
+    this.defaultHeaders = defaultHeaders;
+  }
 
   private store(response: Response): void {
     for (const header of response.headers.getSetCookie()) {
@@ -29,6 +35,7 @@ export class Browser {
 
   async request(url: string | URL, init: RequestInit = {}): Promise<Response> {
     const headers = new Headers(init.headers);
+    for (const [name, value] of Object.entries(this.defaultHeaders)) headers.set(name, value);
     if (this.cookies.size) headers.set('cookie', [...this.cookies].map(([k, v]) => `${k}=${v}`).join('; '));
     const response = await fetch(url, { ...init, headers, redirect: 'manual' });
     this.store(response);
