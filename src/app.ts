@@ -21,7 +21,7 @@ export function createApp(services: Services): Koa {
   const { config, provider, logger } = services;
   const app = new Koa({ proxy: config.trustProxy, keys: [...services.cookieKeys] });
 
-  app.use(securityHeaders({ hsts: config.isProduction }));
+  app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
   // Compiled templates are cached except in development, where edits show on reload.
   app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs', options: { cache: config.nodeEnv !== 'development' } }));
 
@@ -57,15 +57,20 @@ export function createApp(services: Services): Koa {
       services.redis ? services.redis.ping() : Promise.resolve('skipped'),
     ]);
     const [mongo, redis] = checks.map((c) => (c.status === 'fulfilled' ? 'ok' : 'down'));
-    const ok = mongo === 'ok' && (redis === 'ok' || !services.redis);
-    ctx.status = ok ? 200 : 503;
+    // Only MongoDB is essential: without Redis the provider keeps serving (see services.ts), so
+    // a Redis outage must not take every instance out of the load balancer.
+    ctx.status = mongo === 'ok' ? 200 : 503;
     ctx.set('Cache-Control', 'no-store');
-    ctx.body = { status: ok ? 'ok' : 'degraded', mongodb: mongo, redis: services.redis ? redis : 'not configured' };
+    ctx.body = {
+      status: mongo !== 'ok' ? 'down' : redis === 'down' ? 'degraded' : 'ok',
+      mongodb: mongo,
+      redis: services.redis ? redis : 'not configured',
+    };
   });
   app.use(health.routes());
 
   const interactions = interactionRoutes({
-    provider, accounts: services.accounts, logger, secureCookies: config.isProduction,
+    provider, accounts: services.accounts, logger, secureCookies: config.secureTransport,
   });
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());

@@ -12,6 +12,8 @@ export interface Config {
   readonly nodeEnv: NodeEnv;
   readonly isProduction: boolean;
   readonly issuer: string;
+  /** True when the issuer is https: cookies are then Secure and HSTS is sent. */
+  readonly secureTransport: boolean;
   readonly host: string;
   readonly port: number;
   readonly trustProxy: boolean;
@@ -171,10 +173,12 @@ export function loadConfig(env: Env): Config {
   const port = r.int('PORT', 3000, 0, 65535);
   const day = 24 * 60 * 60;
 
+  const issuer = readIssuer(r, port, isProduction);
   const config: Config = {
     nodeEnv,
     isProduction,
-    issuer: readIssuer(r, port, isProduction),
+    issuer,
+    secureTransport: issuer.startsWith('https:'),
     host: r.string('HOST', isProduction ? '0.0.0.0' : '127.0.0.1'),
     port,
     trustProxy: r.bool('TRUST_PROXY', false),
@@ -207,6 +211,11 @@ export function loadConfig(env: Env): Config {
   if (isProduction) {
     if (!config.mongodbUri) r.problems.push('MONGODB_URI: required in production');
     if (!config.redisUrl) r.problems.push('REDIS_URL: required in production (rate limits must be shared by all instances)');
+    // The server speaks plain HTTP, so an https issuer means TLS ends at a proxy, and only a
+    // trusted X-Forwarded-Proto lets Secure cookies be set.
+    if (config.secureTransport && !config.trustProxy) {
+      r.problems.push('TRUST_PROXY: must be true in production with an https ISSUER (TLS ends at the proxy in front of this server)');
+    }
   }
   if (r.problems.length > 0) throw new ConfigError(r.problems);
   return Object.freeze(config);

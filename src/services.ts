@@ -4,6 +4,7 @@
  * Indexes are created here, once per start, never in constructors or per request.
  */
 import { randomBytes } from 'node:crypto';
+import { setTimeout } from 'node:timers/promises';
 import mongoose, { type Connection } from 'mongoose';
 import { Redis } from 'ioredis';
 import { ArtifactStore } from '../adapters/mongodb.ts';
@@ -39,14 +40,25 @@ async function connectMongo(config: Config, logger: Logger): Promise<Connection>
   return mongoose.createConnection(uri, { autoIndex: false, serverSelectionTimeoutMS: 10_000 }).asPromise();
 }
 
-async function connectRedis(config: Config, logger: Logger): Promise<Redis | undefined> {
+/**
+ * Redis is not allowed to stop the provider: it connects (and reconnects) in the background, and
+ * commands fail fast while it is away instead of queueing, so callers can fall back.
+ */
+function connectRedis(config: Config, logger: Logger): Redis | undefined {
   if (!config.redisUrl) {
     logger.warn('REDIS_URL is not set: running without Redis (development only)');
     return undefined;
   }
-  const redis = new Redis(config.redisUrl, { lazyConnect: true, maxRetriesPerRequest: 2 });
-  redis.on('error', (error: Error) => logger.warn({ err: { message: error.message } }, 'redis error'));
-  await redis.connect();
+  const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+  let reported = false;
+  redis.on('error', (error: Error) => {
+    if (!reported) logger.warn({ err: { message: error.message } }, 'redis unavailable; retrying in the background');
+    reported = true;
+  });
+  redis.on('ready', () => {
+    if (reported) logger.info('redis connection restored');
+    reported = false;
+  });
   return redis;
 }
 
@@ -55,7 +67,9 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
   let redis: Redis | undefined;
   let stopSweeper = () => {};
   try {
-    redis = await connectRedis(config, logger);
+    redis = connectRedis(config, logger);
+    // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
+    if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000)]);
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
     stopSweeper = store.startSweeper(config.sweepIntervalSeconds, (error) =>
@@ -81,12 +95,12 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
         if (closed) return;
         closed = true;
         stopSweeper();
-        await Promise.allSettled([connection.close(), redis?.quit()]);
+        await Promise.allSettled([connection.close(), redis?.disconnect()]);
       },
     };
   } catch (error) {
     stopSweeper();
-    await Promise.allSettled([connection.close(), redis?.quit()]);
+    await Promise.allSettled([connection.close(), redis?.disconnect()]);
     throw error;
   }
 }

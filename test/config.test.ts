@@ -15,6 +15,7 @@ const PRODUCTION = {
   MONGODB_URI: 'mongodb://db.internal:27017/idp',
   REDIS_URL: 'rediss://cache.internal:6380',
   COOKIE_KEYS: `${COOKIE_KEY},${'o'.repeat(40)}`,
+  TRUST_PROXY: 'true',
 };
 
 /** The ConfigError thrown by loadConfig(env); fails the test when nothing (or something else) is thrown. */
@@ -114,6 +115,14 @@ describe('production', () => {
       mongodbUri: PRODUCTION.MONGODB_URI, redisUrl: PRODUCTION.REDIS_URL,
     });
     expect(config.cookieKeys).toHaveLength(2);
+    expect(config.secureTransport).toBe(true);
+  });
+
+  test('an https issuer needs TRUST_PROXY, since TLS ends at a proxy', () => {
+    const { TRUST_PROXY: _trusted, ...env } = PRODUCTION;
+    const error = configError(env);
+    expect(error.problems).toHaveLength(1);
+    expect(error.problems[0]).toMatch(/^TRUST_PROXY: /);
   });
 
   test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL'])('refuses to start without %s', (variable) => {

@@ -7,7 +7,7 @@
 import Router from '@koa/router';
 import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
-import { errors, type InteractionResults, type Provider } from 'oidc-provider';
+import { errors, type Interaction, type InteractionResults, type Provider } from 'oidc-provider';
 import { z } from 'zod';
 import type { AccountService } from '../accounts/service.ts';
 import { PASSWORD_MAX_LENGTH } from '../accounts/password.ts';
@@ -54,10 +54,16 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
   });
   router.use(csrf({ secure: secureCookies }));
 
-  async function finish(ctx: Context, result: InteractionResults): Promise<void> {
-    const redirectTo = await provider.interactionResult(ctx.req, ctx.res, result, { mergeWithLastSubmission: false });
+  /**
+   * Records the result on the interaction already loaded for this request and sends the browser
+   * back to oidc-provider. Same as provider.interactionResult(), minus loading the interaction
+   * and its session a second time.
+   */
+  async function finish(ctx: Context, interaction: Interaction, result: InteractionResults): Promise<void> {
+    interaction.result = result;
+    await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
     ctx.status = 303;
-    ctx.redirect(redirectTo);
+    ctx.redirect(interaction.returnTo);
   }
 
   async function renderLogin(ctx: Context, uid: string, clientId: unknown, error?: string, email = ''): Promise<void> {
@@ -83,7 +89,8 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
   });
 
   router.post('/:uid/login', async (ctx) => {
-    const { uid, prompt, params } = await provider.interactionDetails(ctx.req, ctx.res);
+    const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+    const { uid, prompt, params } = interaction;
     if (uid !== ctx.params.uid || prompt.name !== 'login') throw new errors.SessionNotFound('interaction mismatch');
 
     const form = loginForm.safeParse(ctx.request.body);
@@ -96,7 +103,7 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
     }
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    await finish(ctx, { login: { accountId, amr: ['pwd'] } });
+    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'] } });
   });
 
   router.post('/:uid/consent', async (ctx) => {
@@ -107,7 +114,7 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
     const form = consentForm.safeParse(ctx.request.body);
     if (!form.success) throw new AppError('invalid_form', 'Choose Allow or Deny.', 400);
     if (form.data.decision === 'deny') {
-      return finish(ctx, { error: 'access_denied', error_description: 'The user denied the request' });
+      return finish(ctx, interaction, { error: 'access_denied', error_description: 'The user denied the request' });
     }
 
     const grant = grantId
@@ -123,7 +130,7 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
       grant.addResourceScope(indicator, scopes.join(' '));
     }
     const savedGrantId = await grant.save();
-    await finish(ctx, { consent: grantId ? {} : { grantId: savedGrantId } });
+    await finish(ctx, interaction, { consent: grantId ? {} : { grantId: savedGrantId } });
   });
 
   return router;

@@ -106,7 +106,9 @@ function mongoCommand(dataDir: string, port: number, say: Say): MongoCommand {
   return {
     kind: 'ferretdb',
     command: ensureFerretDbBinary(say),
-    args: ['-listen-addr', `127.0.0.1:${port}`, '-handler', 'sqlite', '-sqlite-url', `file:${dbPath}/`, '-log-level', 'error'],
+    // WAL with synchronous=NORMAL: commits survive a crash of the process but not of the machine,
+    // the usual trade for a local development/test database (no fsync per write).
+    args: ['-listen-addr', `127.0.0.1:${port}`, '-handler', 'sqlite', '-sqlite-url', `file:${dbPath}/?_pragma=synchronous(normal)`, '-log-level', 'error'],
   };
 }
 

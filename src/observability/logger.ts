@@ -13,7 +13,7 @@ export function createLogger(level: LogLevel, fd: 1 | 2 = 1): Logger {
     base: { service: 'oidc-idp' },
     redact: {
       paths: [
-        'password', '*.password', 'client_secret', '*.client_secret', 'code', '*.code',
+        'password', '*.password', 'client_secret', '*.client_secret',
         'token', '*.token', 'refresh_token', '*.refresh_token', 'authorization', '*.authorization',
         'cookie', '*.cookie', 'headers.authorization', 'headers.cookie',
       ],

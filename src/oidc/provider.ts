@@ -42,7 +42,7 @@ function render(ctx: KoaContextWithOIDC): Render {
 }
 
 export function createProvider({ config, store, accounts, jwks, cookieKeys, logger }: ProviderDeps): Provider {
-  const cookie = { httpOnly: true, sameSite: 'lax' as const, secure: config.isProduction };
+  const cookie = { httpOnly: true, sameSite: 'lax' as const, secure: config.secureTransport };
 
   const configuration: Configuration = {
     adapter: (name: string) => store.adapterFor(name),
