@@ -8,7 +8,8 @@
  * scripted browsers for complete authorization-code sign-ins (login + consent + token).
  * Peak RSS is the server process's VmHWM. Options: BENCH_SECONDS (default 10), BENCH_CONNECTIONS
  * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_ONLY (comma-separated: discovery, jwks,
- * client_credentials, signin), BENCH_NODE_ARGS (extra node flags for the provider, e.g. --cpu-prof).
+ * client_credentials, signin), BENCH_NODE_ARGS (node flags for the provider; default: the production heap
+ * settings).
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
@@ -25,6 +26,8 @@ import { openServices } from '../src/services.ts';
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const signinConcurrency = Number(process.env.BENCH_SIGNIN_CONCURRENCY ?? 8);
+/** The heap settings `npm start` and the Docker image use by default. */
+const PRODUCTION_NODE_ARGS = '--max-semi-space-size=4 --max-old-space-size=192';
 const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin').split(','));
 const say = (m: string) => process.stderr.write(`[bench] ${m}\n`);
 
@@ -65,7 +68,7 @@ const password = 'benchmark password 1234';
 await seed.accounts.create({ email: 'bench@example.com', password });
 await seed.close();
 
-const server = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? '').split(' ').filter(Boolean), path.join(projectRoot(), 'src/server.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+const server = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? PRODUCTION_NODE_ARGS).split(' ').filter(Boolean), path.join(projectRoot(), 'src/server.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
 for (let i = 0; ; i += 1) {
   try {
     if ((await fetch(`${issuer}/healthz`)).ok) break;

@@ -10,6 +10,7 @@ import Router from '@koa/router';
 import { interactionRoutes } from './interactions/routes.ts';
 import { isAppError } from './http/errors.ts';
 import { securityHeaders } from './security/headers.ts';
+import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
 
@@ -75,6 +76,7 @@ export function createApp(services: Services): Koa {
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());
 
+  app.use(staticDocuments(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
   app.use(mount(provider));
   return app;
 }

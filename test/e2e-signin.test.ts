@@ -37,6 +37,12 @@ test('discovery advertises a code-only, PKCE S256 provider with the RFC 9207 iss
   expect(metadata.authorization_response_iss_parameter_supported).toBe(true);
   expect(metadata.id_token_signing_alg_values_supported).toEqual(expect.arrayContaining(['ES256', 'EdDSA', 'RS256']));
 
+  // Served from memory after the first request: the same document, cacheable, readable cross-origin.
+  const again = await fetch(`${server.issuer}/.well-known/openid-configuration`);
+  expect(await again.json()).toEqual(metadata);
+  expect(again.headers.get('cache-control')).toBe('public, max-age=300');
+  expect(again.headers.get('access-control-allow-origin')).toBe('*');
+
   const jwks = await (await fetch(metadata.jwks_uri!)).json() as { keys: Record<string, unknown>[] };
   expect(jwks.keys.map((k) => k.alg)).toEqual(['ES256', 'EdDSA', 'RS256']);
   for (const key of jwks.keys) expect(key).not.toHaveProperty('d');

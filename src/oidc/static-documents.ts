@@ -1,0 +1,26 @@
+/**
+ * Discovery and JWKS are the same for every request for the life of the process (the issuer,
+ * configuration and keys are fixed at start-up), yet oidc-provider rebuilds them each time. This
+ * keeps the first successful answer and serves it from memory, and lets clients and caches keep
+ * it for a while too.
+ */
+import type { Middleware } from 'koa';
+
+export function staticDocuments(paths: readonly string[], maxAgeSeconds = 300): Middleware {
+  const cache = new Map<string, string>();
+  return async (ctx, next) => {
+    if ((ctx.method !== 'GET' && ctx.method !== 'HEAD') || !paths.includes(ctx.path)) return next();
+    const cached = cache.get(ctx.path);
+    if (cached === undefined) {
+      await next();
+      if (ctx.status !== 200 || typeof ctx.body !== 'object' || ctx.body === null) return;
+      cache.set(ctx.path, JSON.stringify(ctx.body));
+    } else {
+      ctx.type = 'application/json';
+      ctx.body = cached;
+    }
+    // Public documents: any origin may read them (as oidc-provider's own CORS policy allows).
+    ctx.set('Access-Control-Allow-Origin', '*');
+    ctx.set('Cache-Control', `public, max-age=${maxAgeSeconds}`);
+  };
+}
