@@ -14,6 +14,12 @@ import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
 
+function genericMessage(status: number): string {
+  if (status === 413) return 'The submitted form is too large.';
+  if (status < 500) return 'The request could not be understood.';
+  return 'Something went wrong on our side. Please try again.';
+}
+
 function wantsJson(ctx: Context): boolean {
   return ctx.accepts('html', 'json') === 'json';
 }
@@ -33,11 +39,10 @@ export function createApp(services: Services): Koa {
       await next();
     } catch (error) {
       const known = isAppError(error);
-      const status = known ? error.status : (error as { status?: number; expose?: boolean }).expose ? (error as { status: number }).status : 500;
-      const message = known && error.expose ? error.message
-        : status === 413 ? 'The submitted form is too large.'
-        : status < 500 ? 'The request could not be understood.'
-        : 'Something went wrong on our side. Please try again.';
+      // Client errors raised by Koa middleware (body parser: 400, 413, 415) carry `expose`.
+      const http = error as { status?: number; expose?: boolean };
+      const status = known ? error.status : http.expose && http.status ? http.status : 500;
+      const message = known && error.expose ? error.message : genericMessage(status);
       if (status >= 500) logger.error({ err: error, path: ctx.path }, 'request failed');
       else logger.info({ status, code: known ? error.code : undefined, path: ctx.path }, 'request refused');
       ctx.status = status;

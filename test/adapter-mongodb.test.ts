@@ -16,3 +16,48 @@ describeAdapterContract('MongoDB (mongoose connection)', async () => {
     },
   };
 });
+
+describe('client metadata cache', () => {
+  let conn: mongoose.Connection;
+  beforeAll(async () => {
+    conn = await mongoose.createConnection(testMongoUri('clientcache'), { autoIndex: false }).asPromise();
+  });
+  afterAll(async () => {
+    await conn.dropDatabase().catch(() => {});
+    await conn.close();
+  });
+
+  test('an instance reuses client metadata until it changes it itself or the cache time passes', async () => {
+    const store = new ArtifactStore(conn, { clientCacheSeconds: 1 });
+    const other = new ArtifactStore(conn); // another instance (or the CLI), without a cache
+    const clients = store.adapterFor('Client');
+    await clients.upsert('c1', { client_id: 'c1', client_name: 'first' });
+    expect(await clients.find('c1')).toMatchObject({ client_name: 'first' });
+
+    await other.adapterFor('Client').upsert('c1', { client_id: 'c1', client_name: 'changed elsewhere' });
+    expect(await clients.find('c1')).toMatchObject({ client_name: 'first' });
+    await new Promise((r) => setTimeout(r, 1100));
+    expect(await clients.find('c1')).toMatchObject({ client_name: 'changed elsewhere' });
+
+    // Its own writes and deletes are seen at once.
+    await clients.upsert('c1', { client_id: 'c1', client_name: 'changed here' });
+    expect(await clients.find('c1')).toMatchObject({ client_name: 'changed here' });
+    await clients.destroy('c1');
+    expect(await clients.find('c1')).toBeUndefined();
+  });
+
+  test('other models and a zero cache time always read the database', async () => {
+    const store = new ArtifactStore(conn, { clientCacheSeconds: 0 });
+    const other = new ArtifactStore(conn);
+    await store.adapterFor('Client').upsert('c2', { client_id: 'c2', client_name: 'a' });
+    expect(await store.adapterFor('Client').find('c2')).toMatchObject({ client_name: 'a' });
+    await other.adapterFor('Client').upsert('c2', { client_id: 'c2', client_name: 'b' });
+    expect(await store.adapterFor('Client').find('c2')).toMatchObject({ client_name: 'b' });
+
+    const cached = new ArtifactStore(conn, { clientCacheSeconds: 60 });
+    await cached.adapterFor('Grant').upsert('g1', { accountId: 'a' }, 60);
+    expect(await cached.adapterFor('Grant').find('g1')).toMatchObject({ accountId: 'a' });
+    await other.adapterFor('Grant').upsert('g1', { accountId: 'b' }, 60);
+    expect(await cached.adapterFor('Grant').find('g1')).toMatchObject({ accountId: 'b' });
+  });
+});

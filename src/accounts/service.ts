@@ -97,7 +97,6 @@ export class AccountService {
    * answer nor its timing tells whether an email is registered.
    */
   async authenticate(email: string, password: string): Promise<string | undefined> {
-    if (password.length > PASSWORD_MAX_LENGTH) password = password.slice(0, PASSWORD_MAX_LENGTH + 1);
     const record = await this.accounts.findOne({ email: normalizeEmail(email) }).lean();
     const valid = await this.hasher.verify(record?.passwordHash, password);
     if (!record || !valid || record.disabled) return undefined;

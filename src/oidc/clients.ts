@@ -29,6 +29,11 @@ export interface StoredClient extends ClientMetadata {
 
 const DEFAULT_SCOPE = 'openid profile email offline_access';
 
+/** Keeps a confidential client's registered method; a client without one gets Basic auth. */
+function confidentialAuthMethod(current: ClientMetadata['token_endpoint_auth_method']): ClientMetadata['token_endpoint_auth_method'] {
+  return current && current !== 'none' ? current : 'client_secret_basic';
+}
+
 function newSecret(): string {
   return randomBytes(32).toString('base64url');
 }
@@ -68,7 +73,7 @@ export class ClientService {
       redirect_uris: usesRedirects ? (input.redirectUris ?? base.redirect_uris ?? []) : [],
       post_logout_redirect_uris: input.postLogoutRedirectUris ?? base.post_logout_redirect_uris ?? [],
       scope: [...new Set(scope.split(' '))].join(' '),
-      token_endpoint_auth_method: isPublic ? 'none' : (base.token_endpoint_auth_method === 'none' || !base.token_endpoint_auth_method ? 'client_secret_basic' : base.token_endpoint_auth_method),
+      token_endpoint_auth_method: isPublic ? 'none' : confidentialAuthMethod(base.token_endpoint_auth_method),
     };
     if (!isPublic) metadata.client_secret = base.client_secret ?? newSecret();
     if (base.client_id) metadata.client_updated_at = Math.floor(Date.now() / 1000);
