@@ -56,7 +56,7 @@ const port = await freePort();
 const issuer = `http://127.0.0.1:${port}`;
 const env = {
   NODE_ENV: 'test', ISSUER: issuer, HOST: '127.0.0.1', PORT: String(port), MONGODB_URI: mongoUri, REDIS_URL: redisUrl,
-  COOKIE_KEYS: 'bench-cookie-key-0123456789abcdefghijklmnop', LOG_LEVEL: 'warn',
+  COOKIE_KEYS: 'bench-cookie-key-0123456789abcdefghijklmnop', LOG_LEVEL: 'info',
 };
 
 // Seed through the same services the CLI uses.

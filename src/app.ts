@@ -10,6 +10,7 @@ import Router from '@koa/router';
 import { interactionRoutes } from './interactions/routes.ts';
 import { isAppError } from './http/errors.ts';
 import { securityHeaders } from './security/headers.ts';
+import { requestLog } from './observability/request-log.ts';
 import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
@@ -28,6 +29,7 @@ export function createApp(services: Services): Koa {
   const { config, provider, logger } = services;
   const app = new Koa({ proxy: config.trustProxy, keys: [...services.cookieKeys] });
 
+  app.use(requestLog(logger));
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
   // Compiled templates are cached except in development, where edits show on reload.
   app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs', options: { cache: config.nodeEnv !== 'development' } }));
@@ -43,8 +45,9 @@ export function createApp(services: Services): Koa {
       const http = error as { status?: number; expose?: boolean };
       const status = known ? error.status : http.expose && http.status ? http.status : 500;
       const message = known && error.expose ? error.message : genericMessage(status);
-      if (status >= 500) logger.error({ err: error, path: ctx.path }, 'request failed');
-      else logger.info({ status, code: known ? error.code : undefined, path: ctx.path }, 'request refused');
+      const requestId = ctx.state.requestId as string;
+      if (status >= 500) logger.error({ err: error, requestId, path: ctx.path }, 'request failed');
+      else logger.info({ status, code: known ? error.code : undefined, requestId, path: ctx.path }, 'request refused');
       ctx.status = status;
       if (wantsJson(ctx)) {
         ctx.type = 'application/problem+json';

@@ -145,4 +145,12 @@ test('the health endpoint reports MongoDB and Redis', async () => {
   const response = await fetch(`${server.issuer}/healthz`);
   expect(response.status).toBe(200);
   expect(await response.json()).toEqual({ status: 'ok', mongodb: 'ok', redis: 'ok' });
+  expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+});
+
+test('a well-formed X-Request-Id is kept, anything else is replaced', async () => {
+  const kept = await fetch(`${server.issuer}/healthz`, { headers: { 'x-request-id': 'lb-1234abcd' } });
+  expect(kept.headers.get('x-request-id')).toBe('lb-1234abcd');
+  const replaced = await fetch(`${server.issuer}/healthz`, { headers: { 'x-request-id': 'has spaces and ; semicolons' } });
+  expect(replaced.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
 });
