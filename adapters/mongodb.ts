@@ -123,8 +123,9 @@ export class ArtifactStore {
     this.ttlIndexes = true;
     for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
       const collection = this.maintained(model);
-      if (GRANTABLE.has(model) || model === 'Session') {
-        await collection.createIndex({ 'payload.grantId': 1 });
+      if (GRANTABLE.has(model)) await collection.createIndex({ 'payload.grantId': 1 });
+      if (GRANTABLE.has(model) || model === 'Session' || model === 'Grant') {
+        await collection.createIndex({ 'payload.accountId': 1 });
       }
       if (model === 'Session') await collection.createIndex({ 'payload.uid': 1 });
       if (model === 'DeviceCode') await collection.createIndex({ 'payload.userCode': 1 });
@@ -161,6 +162,23 @@ export class ArtifactStore {
     return () => clearInterval(timer);
   }
 
+  /** Deletes a grant and everything issued under it. */
+  async revokeGrant(grantId: string): Promise<void> {
+    await Promise.all([
+      ...[...GRANTABLE].map((model) => this.collection(model).deleteMany({ 'payload.grantId': grantId })),
+      this.collection('Grant').deleteOne({ _id: grantId }),
+    ]);
+  }
+
+  /**
+   * Signs an account out everywhere: its sessions, grants and every token issued to it. Used when
+   * an account is disabled or its password is changed by an administrator.
+   */
+  async revokeAccount(accountId: string): Promise<void> {
+    await Promise.all(['Session', 'Grant', ...GRANTABLE].map((model) =>
+      this.collection(model).deleteMany({ 'payload.accountId': accountId })));
+  }
+
   adapterFor(model: string): MongoAdapter {
     return new MongoAdapter(model, this);
   }
@@ -192,20 +210,31 @@ export class MongoAdapter implements Adapter {
       await this.collection.insertOne(doc);
     } catch (error) {
       if (!isDuplicateKey(error)) throw error;
-      await this.collection.replaceOne({ _id: id }, doc);
+      // upsert: the document may have been swept or destroyed since the insert failed.
+      await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
     }
     const key = SECONDARY_KEYS[this.model];
     const value = key ? payload[key] : undefined;
-    if (typeof value === 'string') {
-      // Usually written once. oidc-provider re-keys a session (new id, same uid) when the user
-      // signs in, and then the pointer must follow it.
-      const pointer: LookupDocument = { _id: `${this.model}:${value}`, id, ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}) };
-      try {
-        await this.store.lookups.insertOne(pointer);
-      } catch (error) {
-        if (!isDuplicateKey(error)) throw error;
-        await this.store.lookups.updateOne({ _id: pointer._id, id: { $ne: id } }, { $set: pointer });
+    if (typeof value === 'string') await this.point(`${this.model}:${value}`, id, expiresIn, doc.expiresAt);
+  }
+
+  /**
+   * Keeps the pointer for a secondary key on the artifact. It has to follow a session that
+   * oidc-provider re-keys at sign-in (new id, same uid) and outlive a session whose expiry rolls
+   * forward on use; rewriting it only when the expiry has moved by a good part of the lifetime
+   * keeps that from costing a write on every request.
+   */
+  private async point(key: string, id: string, expiresIn: number | undefined, expiresAt: Date | undefined): Promise<void> {
+    const pointer: LookupDocument = { _id: key, id, ...(expiresAt ? { expiresAt } : {}) };
+    try {
+      await this.store.lookups.insertOne(pointer);
+    } catch (error) {
+      if (!isDuplicateKey(error)) throw error;
+      const stale: Record<string, unknown>[] = [{ id: { $ne: id } }];
+      if (expiresAt && expiresIn) {
+        stale.push({ expiresAt: { $lt: new Date(expiresAt.getTime() - Math.min(3600, expiresIn / 4) * 1000) } });
       }
+      await this.store.lookups.updateOne({ _id: key, $or: stale }, { $set: pointer });
     }
   }
 
@@ -246,8 +275,11 @@ export class MongoAdapter implements Adapter {
         ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}),
       });
     } catch (error) {
-      if (isDuplicateKey(error)) throw new errors.InvalidGrant(`${this.model} already consumed`);
-      throw error;
+      if (!isDuplicateKey(error)) throw error;
+      // A second redemption racing the first is a replay like any other: revoke the grant
+      // (RFC 6749 4.1.2). Without its Grant, the tokens the winner is issuing die with it.
+      if (typeof doc.payload.grantId === 'string') await this.store.revokeGrant(doc.payload.grantId);
+      throw new errors.InvalidGrant(`${this.model} already consumed`);
     }
     // Recorded on the artifact too, so a later replay is seen by oidc-provider (which then
     // revokes the whole grant).

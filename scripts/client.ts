@@ -5,11 +5,11 @@ import type { ClientInput } from '../src/oidc/clients.ts';
 const USAGE = `usage: npm run -s client -- <command>
   create --name NAME --redirect-uri URI [--redirect-uri URI2] [--post-logout-redirect-uri URI]
          [--public] [--grant-type T ...] [--scope "openid profile email offline_access"]
-         [--application-type web|native]
+         [--application-type web|native] [--id-token-signing-alg ES256|EdDSA|RS256]
   list
   show ID
   update ID [--name NAME] [--redirect-uri URI ...] [--post-logout-redirect-uri URI ...]
-            [--grant-type T ...] [--scope S] [--application-type web|native]
+            [--grant-type T ...] [--scope S] [--application-type web|native] [--id-token-signing-alg A]
   rotate-secret ID
   delete ID
 grant types: authorization_code, refresh_token, client_credentials (default: the first two)`;
@@ -21,6 +21,7 @@ const metadataOptions = {
   'grant-type': { type: 'string', multiple: true },
   scope: { type: 'string' },
   'application-type': { type: 'string' },
+  'id-token-signing-alg': { type: 'string' },
 } as const;
 
 function toInput(values: Record<string, string | boolean | (string | boolean)[] | undefined>): ClientInput {
@@ -35,6 +36,7 @@ function toInput(values: Record<string, string | boolean | (string | boolean)[] 
     grantTypes: values['grant-type'] as string[] | undefined,
     scope: values.scope as string | undefined,
     applicationType,
+    idTokenSigningAlg: values['id-token-signing-alg'] as string | undefined,
     isPublic: values.public as boolean | undefined,
   };
 }

@@ -131,6 +131,9 @@ function readIssuer(r: Reader, port: number, isProduction: boolean): string {
     r.problems.push(`ISSUER: expected an http(s) URL, got "${value}"`);
   } else if (url.search || url.hash || value.endsWith('/')) {
     r.problems.push(`ISSUER: must have no query, fragment or trailing slash, got "${value}"`);
+  } else if (url.pathname !== '/') {
+    // Every endpoint and page is served from the root of the host.
+    r.problems.push(`ISSUER: must not have a path (serve the provider at the root of a host), got "${value}"`);
   } else if (isProduction && url.protocol === 'http:' && !LOCALHOST.has(url.hostname)) {
     r.problems.push('ISSUER: must use https in production (http is allowed only for localhost)');
   }
@@ -159,9 +162,11 @@ function readJwks(r: Reader): Config['jwks'] {
     if (!Array.isArray(keys) || keys.length === 0 || keys.some((k) => typeof k !== 'object' || k === null || !('d' in k))) {
       throw new Error();
     }
+    // ES256 is the default signing algorithm for clients (see src/oidc/provider.ts).
+    if (!keys.some((k: Record<string, unknown>) => k.kty === 'EC' && k.crv === 'P-256')) throw new Error();
     return { keys: keys as Record<string, unknown>[] };
   } catch {
-    r.problems.push('OIDC_JWKS: expected a JSON object {"keys":[...]} of private JWKs (each with "d")');
+    r.problems.push('OIDC_JWKS: expected a JSON object {"keys":[...]} of private JWKs (each with "d"), including an EC P-256 key for ES256');
     return undefined;
   }
 }

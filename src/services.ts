@@ -69,14 +69,14 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
-    if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000)]);
+    if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000, undefined, { ref: false })]);
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
     stopSweeper = store.startSweeper(config.sweepIntervalSeconds, (error) =>
       logger.error({ err: error }, 'sweeping expired artifacts failed'));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
 
-    const accounts = new AccountService(connection, new PasswordHasher(config.argon2));
+    const accounts = new AccountService(connection, new PasswordHasher(config.argon2), (id) => store.revokeAccount(id));
     await accounts.ensureIndexes();
 
     const jwks = await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: !config.isProduction });

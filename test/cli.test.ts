@@ -66,6 +66,7 @@ beforeAll(async () => {
 });
 
 afterAll(async () => {
+  await services?.connection.dropDatabase();
   await services?.close();
 });
 
@@ -183,5 +184,17 @@ describe('user', () => {
     expect(JSON.stringify(changed)).not.toMatch(/password|hash/i);
     expect(await services.accounts.authenticate(email, newPassword)).toBe(account.id);
     expect(await services.accounts.authenticate(email, 'a long enough password')).toBeUndefined();
+  });
+
+  test('--password-stdin takes the password from standard input instead of the command line', async () => {
+    const child = execFile('node', ['scripts/user.ts', 'set-password', email, '--password-stdin'], { cwd: root, env, timeout: 30_000 });
+    child.stdin!.end('typed into stdin, not argv\n');
+    const [code] = await Promise.all([
+      new Promise<number | null>((resolve) => child.on('exit', resolve)),
+      new Promise((resolve) => child.stdout!.on('end', resolve)),
+    ]);
+    expect(code).toBe(0);
+    expect(await services.accounts.authenticate(email, 'typed into stdin, not argv')).toBe(account.id);
+    await usage('user', 'set-password', email, '--password', 'x'.repeat(20), '--password-stdin');
   });
 });

@@ -77,10 +77,12 @@ describe('malformed values', () => {
     ['LOG_LEVEL', 'loud'],
     ['ISSUER', 'https://id.example.com/'],
     ['ISSUER', 'not a url'],
+    ['ISSUER', 'https://example.com/idp'],
     ['MONGODB_URI', 'http://x'],
     ['COOKIE_KEYS', `${COOKIE_KEY},short`],
     ['OIDC_JWKS', '{not json'],
     ['OIDC_JWKS', JSON.stringify({ keys: [{ kty: 'EC', crv: 'P-256', x: 'x', y: 'y' }] })],
+    ['OIDC_JWKS', JSON.stringify({ keys: [{ kty: 'RSA', n: 'n', e: 'AQAB', d: 'd' }] })],
     ['TTL_AUTHORIZATION_CODE', '120'],
     ['ARGON2_MEMORY_KIB', '1024'],
   ])('%s=%s is reported on one line naming the variable', (variable, value) => {

@@ -140,6 +140,10 @@ test('twenty parallel redemptions of one code yield exactly one token response',
   for (const response of responses.filter((r) => r.status === 400)) {
     expect(await response.json()).toMatchObject({ error: 'invalid_grant' });
   }
+  // The losing redemptions are replays, so the grant is revoked and the one response is worthless.
+  const winner = await responses.find((r) => r.status === 200)!.json() as { access_token: string; refresh_token: string };
+  expect((await oidc.tokenIntrospection(rp.config, winner.access_token)).active).toBe(false);
+  await expect(oidc.refreshTokenGrant(rp.config, winner.refresh_token)).rejects.toMatchObject({ error: 'invalid_grant' });
 });
 
 test('a reused refresh token is refused and revokes the grant', async () => {
@@ -163,6 +167,26 @@ test('a disabled account cannot sign in, and its refresh tokens stop working', a
   expect(attempt.status).toBe(401);
   expect(attempt.text).toContain(LOGIN_FAILED);
   await expect(oidc.refreshTokenGrant(rp.config, tokens.refresh_token!)).rejects.toMatchObject({ error: 'invalid_grant' });
+
+  // Enabling it again does not revive what was issued before.
+  await server.services.accounts.setDisabled(mail, false);
+  await expect(oidc.refreshTokenGrant(rp.config, tokens.refresh_token!)).rejects.toMatchObject({ error: 'invalid_grant' });
+  expect((await oidc.tokenIntrospection(rp.config, tokens.access_token)).active).toBe(false);
+});
+
+test('an administrator password reset signs the account out everywhere', async () => {
+  const mail = 'compromised@example.com';
+  await server.services.accounts.create({ email: mail, password });
+  const browser = new Browser();
+  const request = await authorizationRequest(rp);
+  const tokens = await exchangeCode(rp, request, callbackUrl(await signIn(browser, server, request.url, mail, password)));
+  await server.services.accounts.setPassword(mail, 'a brand new long password');
+
+  await expect(oidc.refreshTokenGrant(rp.config, tokens.refresh_token!)).rejects.toMatchObject({ error: 'invalid_grant' });
+  expect((await oidc.tokenIntrospection(rp.config, tokens.access_token)).active).toBe(false);
+  // The browser's session is gone too: the next authorization request asks for the password.
+  const next = await openLoginPage(browser, server, (await authorizationRequest(rp)).url);
+  expect(await next.text()).toMatch(/name="password"/);
 });
 
 test('deny at consent returns access_denied (with iss) to the client', async () => {

@@ -126,6 +126,17 @@ test('the roles claim is released only to clients allowed the roles scope', asyn
   expect(location.searchParams.get('error')).toBe('invalid_scope');
 });
 
+test('a client registered for RS256 gets RS256 ID tokens, and the setting survives an update', async () => {
+  const legacy = await registerRelyingParty(server, { name: 'Legacy app', idTokenSigningAlg: 'RS256' });
+  await server.services.clients.update(legacy.client.client_id, { name: 'Legacy app (renamed)' });
+  const request = await authorizationRequest(legacy);
+  const tokens = await exchangeCode(legacy, request, callbackUrl(await signIn(new Browser(), server, request.url, email, password)));
+  expect(JSON.parse(Buffer.from(tokens.id_token!.split('.')[0]!, 'base64url').toString()).alg).toBe('RS256');
+  expect(tokens.claims()!.sub).toBe(accountId);
+  await expect(server.services.clients.create({ name: 'x', redirectUris: [REDIRECT_URI], idTokenSigningAlg: 'HS256' }))
+    .rejects.toMatchObject({ code: 'invalid_client_metadata' });
+});
+
 test('a confidential service client gets tokens with client_credentials; a user client cannot', async () => {
   const service = await registerRelyingParty(server, { name: 'Batch job', grantTypes: ['client_credentials'], scope: 'openid' });
   const token = await oidc.clientCredentialsGrant(service.config, {});

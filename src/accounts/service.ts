@@ -51,10 +51,13 @@ function isDuplicateKey(error: unknown): boolean {
 export class AccountService {
   private readonly accounts: AccountModel;
   private readonly hasher: PasswordHasher;
+  private readonly signOutEverywhere: (accountId: string) => Promise<void>;
 
-  constructor(connection: Connection, hasher: PasswordHasher) {
+  /** signOutEverywhere ends an account's sessions and revokes its grants and tokens. */
+  constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>) {
     this.accounts = accountModel(connection);
     this.hasher = hasher;
+    this.signOutEverywhere = signOutEverywhere;
   }
 
   async ensureIndexes(): Promise<void> {
@@ -126,6 +129,8 @@ export class AccountService {
   async setDisabled(idOrEmail: string, disabled: boolean): Promise<AccountView> {
     const { id } = await this.require(idOrEmail);
     await this.accounts.updateOne({ _id: id }, { disabled });
+    // Re-enabling must not bring back what was issued before the account was disabled.
+    if (disabled) await this.signOutEverywhere(id);
     return this.require(id);
   }
 
@@ -133,6 +138,8 @@ export class AccountService {
     const { id } = await this.require(idOrEmail);
     this.validatePassword(password);
     await this.accounts.updateOne({ _id: id }, { passwordHash: await this.hasher.hash(password) });
+    // A password is reset because the old one may be known: end what it may have opened.
+    await this.signOutEverywhere(id);
     return this.require(id);
   }
 

@@ -117,7 +117,10 @@ export async function startEphemeralMongo(dataDir: string, say: Say): Promise<Lo
   const port = await freePort();
   const { command, args, kind } = mongoCommand(dataDir, port, say);
   const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
-  await waitForPort(port, child, kind);
+  await waitForPort(port, child, kind).catch(async (error: unknown) => {
+    await stopChild(child);
+    throw error;
+  });
   return { kind, uri: `mongodb://127.0.0.1:${port}`, stop: () => stopChild(child) };
 }
 
@@ -148,7 +151,10 @@ export async function ensureDevMongo(dataDir: string, say: Say): Promise<string>
   const child = spawn(command, args, { stdio: ['ignore', log, log], detached: true });
   child.unref();
   fs.closeSync(log);
-  await waitForPort(port, child, kind);
+  await waitForPort(port, child, kind).catch((error: unknown) => {
+    child.kill('SIGTERM');
+    throw error;
+  });
   fs.writeFileSync(stateFile, JSON.stringify({ pid: child.pid, port, kind }));
   say(`Started local ${kind} on 127.0.0.1:${port} (data in ${dataDir}; stop it with npm run local:stop)`);
   return `mongodb://127.0.0.1:${port}/oidc`;
@@ -159,7 +165,9 @@ export function stopDevMongo(dataDir: string): boolean {
   if (!fs.existsSync(stateFile)) return false;
   const { pid } = JSON.parse(fs.readFileSync(stateFile, 'utf8')) as { pid: number };
   fs.rmSync(stateFile);
-  if (!isAlive(pid)) return false;
+  // The pid may have been reused since: only stop it if it is still our database server.
+  const commandLine = fs.existsSync(`/proc/${pid}/cmdline`) ? fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8') : '';
+  if (!isAlive(pid) || !/ferretdb|mongod/.test(commandLine)) return false;
   process.kill(pid, 'SIGTERM');
   return true;
 }
@@ -181,6 +189,9 @@ export async function startEphemeralRedis(dataDir: string, say: Say): Promise<Lo
   const child = spawn('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dataDir,
   ], { stdio: ['ignore', 'ignore', 'inherit'] });
-  await waitForPort(port, child, 'redis-server');
+  await waitForPort(port, child, 'redis-server').catch(async (error: unknown) => {
+    await stopChild(child);
+    throw error;
+  });
   return { uri: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
 }

@@ -19,6 +19,8 @@ export interface ClientInput {
   grantTypes?: string[] | undefined;
   scope?: string | undefined;
   applicationType?: 'web' | 'native' | undefined;
+  /** ES256 (the default), EdDSA or RS256. */
+  idTokenSigningAlg?: string | undefined;
 }
 
 export interface StoredClient extends ClientMetadata {
@@ -75,6 +77,9 @@ export class ClientService {
       scope: [...new Set(scope.split(' '))].join(' '),
       token_endpoint_auth_method: isPublic ? 'none' : confidentialAuthMethod(base.token_endpoint_auth_method),
     };
+    const alg = input.idTokenSigningAlg ?? base.id_token_signed_response_alg;
+    // Checked against the enabled algorithms by oidc-provider's validation below.
+    if (alg) metadata.id_token_signed_response_alg = alg as ClientMetadata['id_token_signed_response_alg'];
     if (!isPublic) metadata.client_secret = base.client_secret ?? newSecret();
     if (base.client_id) metadata.client_updated_at = Math.floor(Date.now() / 1000);
     if (usesRedirects && metadata.redirect_uris!.length === 0) {

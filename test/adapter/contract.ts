@@ -96,12 +96,39 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
         expect(await adapter.findByUid(uid)).toEqual({ jti: newKey, kind: 'Session', uid, accountId: 'acc-3' });
       });
 
+      test('findByUid keeps finding a Session whose expiry rolls forward on use', async () => {
+        const adapter = store.adapterFor('Session');
+        const [key, uid] = [id(), id()];
+        await adapter.upsert(key, { jti: key, kind: 'Session', uid }, 1);
+        await adapter.upsert(key, { jti: key, kind: 'Session', uid, touched: 1 }, 60);
+        await new Promise((r) => setTimeout(r, 1200));
+        await store.sweepExpired();
+        expect(await adapter.findByUid(uid)).toEqual({ jti: key, kind: 'Session', uid, touched: 1 });
+      });
+
       test('findByUserCode finds a DeviceCode by its user code', async () => {
         const adapter = store.adapterFor('DeviceCode');
         const [key, userCode] = [id(), id()];
         await adapter.upsert(key, { jti: key, kind: 'DeviceCode', userCode, clientId: 'c' }, 60);
         expect(await adapter.findByUserCode(userCode)).toEqual({ jti: key, kind: 'DeviceCode', userCode, clientId: 'c' });
         expect(await adapter.findByUserCode(id())).toBeUndefined();
+      });
+    });
+
+    describe('revokeAccount', () => {
+      test('removes the sessions, grants and tokens of one account and nobody else', async () => {
+        const [mine, theirs] = [id(), id()];
+        const models = ['Session', 'Grant', 'AccessToken', 'RefreshToken'];
+        const keys = new Map(models.map((m) => [m, { mine: id(), theirs: id() }]));
+        for (const [model, k] of keys) {
+          await store.adapterFor(model).upsert(k.mine, { jti: k.mine, accountId: mine }, 60);
+          await store.adapterFor(model).upsert(k.theirs, { jti: k.theirs, accountId: theirs }, 60);
+        }
+        await store.revokeAccount(mine);
+        for (const [model, k] of keys) {
+          expect(await store.adapterFor(model).find(k.mine)).toBeUndefined();
+          expect(await store.adapterFor(model).find(k.theirs)).toMatchObject({ accountId: theirs });
+        }
       });
     });
 
@@ -129,14 +156,28 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
 
       test('of 20 concurrent consumers of one code exactly one wins', async () => {
         const adapter = store.adapterFor('AuthorizationCode');
-        const key = id();
-        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode', grantId: id() }, 60);
+        const [key, grantId, bystander] = [id(), id(), id()];
+        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode', grantId }, 60);
+        await store.adapterFor('Grant').upsert(grantId, { jti: grantId, kind: 'Grant' }, 60);
+        await store.adapterFor('AccessToken').upsert(bystander, { jti: bystander, kind: 'AccessToken', grantId }, 60);
         const results = await Promise.allSettled(Array.from({ length: 20 }, () => adapter.consume(key)));
         const fulfilled = results.filter((r) => r.status === 'fulfilled');
         const rejected = results.filter((r): r is PromiseRejectedResult => r.status === 'rejected');
         expect(fulfilled).toHaveLength(1);
         expect(rejected).toHaveLength(19);
         for (const r of rejected) expect(r.reason).toBeInstanceOf(errors.InvalidGrant);
+        // The losers were replays: the grant and everything issued under it are revoked.
+        expect(await store.adapterFor('Grant').find(grantId)).toBeUndefined();
+        expect(await store.adapterFor('AccessToken').find(bystander)).toBeUndefined();
+        expect(await adapter.find(key)).toBeUndefined();
+      });
+
+      test('a consume that loses a race on a code without a grant only refuses', async () => {
+        const adapter = store.adapterFor('AuthorizationCode');
+        const key = id();
+        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode' }, 60);
+        const results = await Promise.allSettled([adapter.consume(key), adapter.consume(key)]);
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
         expect(typeof (await adapter.find(key))?.consumed).toBe('number');
       });
 
@@ -193,8 +234,11 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
 
     describe('indexes and models', () => {
       test('ensureIndexes created the lookup and expiry indexes', async () => {
-        for (const model of ['AccessToken', 'RefreshToken', 'AuthorizationCode', 'Session']) {
+        for (const model of ['AccessToken', 'RefreshToken', 'AuthorizationCode']) {
           expect(await indexKeys(store, model)).toContainEqual({ 'payload.grantId': 1 });
+        }
+        for (const model of ['AccessToken', 'RefreshToken', 'Session', 'Grant']) {
+          expect(await indexKeys(store, model)).toContainEqual({ 'payload.accountId': 1 });
         }
         expect(await indexKeys(store, 'Session')).toContainEqual({ 'payload.uid': 1 });
         expect(await indexKeys(store, 'DeviceCode')).toContainEqual({ 'payload.userCode': 1 });

@@ -20,19 +20,26 @@ export default async function globalSetup(): Promise<void> {
   const started: LocalService[] = [];
   globalThis.__testServices = { dir, started };
 
-  if (process.env.MONGODB_URI) {
-    process.env.TEST_MONGODB_URI = process.env.MONGODB_URI;
-  } else {
-    const mongo = await startEphemeralMongo(path.join(dir, 'mongo'), say);
-    started.push(mongo);
-    process.env.TEST_MONGODB_URI = mongo.uri;
-    say(`using ${mongo.kind} at ${mongo.uri}`);
-  }
-  if (process.env.REDIS_URL) {
-    process.env.TEST_REDIS_URL = process.env.REDIS_URL;
-  } else {
-    const redis = await startEphemeralRedis(path.join(dir, 'redis'), say);
-    started.push(redis);
-    process.env.TEST_REDIS_URL = redis.uri;
+  try {
+    if (process.env.MONGODB_URI) {
+      process.env.TEST_MONGODB_URI = process.env.MONGODB_URI;
+    } else {
+      const mongo = await startEphemeralMongo(path.join(dir, 'mongo'), say);
+      started.push(mongo);
+      process.env.TEST_MONGODB_URI = mongo.uri;
+      say(`using ${mongo.kind} at ${mongo.uri}`);
+    }
+    if (process.env.REDIS_URL) {
+      process.env.TEST_REDIS_URL = process.env.REDIS_URL;
+    } else {
+      const redis = await startEphemeralRedis(path.join(dir, 'redis'), say);
+      started.push(redis);
+      process.env.TEST_REDIS_URL = redis.uri;
+    }
+  } catch (error) {
+    // jest skips globalTeardown when globalSetup fails: clean up here.
+    await Promise.allSettled(started.map((service) => service.stop()));
+    fs.rmSync(dir, { recursive: true, force: true });
+    throw error;
   }
 }

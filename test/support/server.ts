@@ -24,5 +24,13 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     ...env,
   });
   const running = await startServer(config, createLogger(config.logLevel));
-  return Object.assign(running, { issuer });
+  const close = running.close.bind(running);
+  // Each suite has a database of its own; drop it so a shared server (MONGODB_URI) stays clean.
+  return Object.assign(running, {
+    issuer,
+    async close() {
+      await running.services.connection.dropDatabase();
+      await close();
+    },
+  });
 }
