@@ -113,16 +113,14 @@ export class ArtifactStore {
     return this.connection.collection('oidc_lookup');
   }
 
-  /** Every collection with expiring documents: the models' plus `oidc_consumed` and `oidc_lookup`. */
-  private maintained(model: string): Collection {
-    return this.connection.collection(collectionName(model));
-  }
-
-  /** Run once at start-up (never per request). Detects TTL support by trying it. */
+  /**
+   * Run once at start-up (never per request). Detects TTL support by trying it. Covers every
+   * collection with expiring documents: the models' plus `oidc_consumed` and `oidc_lookup`.
+   */
   async ensureIndexes(): Promise<void> {
     this.ttlIndexes = true;
     for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
-      const collection = this.maintained(model);
+      const collection = this.collection(model);
       if (GRANTABLE.has(model)) await collection.createIndex({ 'payload.grantId': 1 });
       if (GRANTABLE.has(model) || model === 'Session' || model === 'Grant') {
         await collection.createIndex({ 'payload.accountId': 1 });
@@ -145,7 +143,7 @@ export class ArtifactStore {
   async sweepExpired(now = new Date()): Promise<number> {
     let removed = 0;
     for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
-      const collection = this.maintained(model);
+      const collection = this.collection(model);
       const result = await collection.deleteMany({ expiresAt: { $lt: now } });
       removed += result.deletedCount;
     }
