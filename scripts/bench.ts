@@ -12,6 +12,7 @@
  * settings).
  */
 import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -105,8 +106,8 @@ try {
 async function signInOnce(): Promise<void> {
   const browser = new Browser();
   const auth = new URL(`${issuer}/auth`);
-  const verifier = 'v'.repeat(43);
-  const challenge = (await import('node:crypto')).createHash('sha256').update(verifier).digest('base64url');
+  const verifier = randomBytes(32).toString('base64url');
+  const challenge = createHash('sha256').update(verifier).digest('base64url');
   auth.search = new URLSearchParams({
     client_id: webApp.client_id, response_type: 'code', scope: 'openid email', redirect_uri: 'http://127.0.0.1:9/cb',
     code_challenge: challenge, code_challenge_method: 'S256', state: 'bench',
