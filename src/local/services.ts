@@ -6,6 +6,7 @@
  * on SQLite, built once from scripts/ferretdb with the Go toolchain and cached per user.
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import net from 'node:net';
 import os from 'node:os';
@@ -75,8 +76,12 @@ function stopChild(child: ChildProcess): Promise<void> {
 
 /** Builds (once) and returns the path of the FerretDB wrapper binary. */
 export function ensureFerretDbBinary(say: Say): string {
+  const source = path.join(projectRoot(), 'scripts', 'ferretdb');
+  // Keyed by the wrapper's source too, so a change to it is rebuilt rather than served stale.
+  const digest = createHash('sha256');
+  for (const file of ['main.go', 'go.mod', 'go.sum']) digest.update(fs.readFileSync(path.join(source, file)));
   const cacheDir = path.join(os.homedir(), '.cache', 'oidc-idp');
-  const binary = path.join(cacheDir, `ferretdb-${FERRETDB_VERSION}`);
+  const binary = path.join(cacheDir, `ferretdb-${FERRETDB_VERSION}-${digest.digest('hex').slice(0, 12)}`);
   if (fs.existsSync(binary)) return binary;
   if (spawnSync('go', ['version'], { stdio: 'ignore' }).status !== 0) {
     throw new Error('No MongoDB server: install mongod, set MONGODB_URI, or install Go to build FerretDB');
@@ -84,7 +89,7 @@ export function ensureFerretDbBinary(say: Say): string {
   say(`Building FerretDB ${FERRETDB_VERSION} with the Go toolchain (first use only, can take a few minutes)...`);
   fs.mkdirSync(cacheDir, { recursive: true });
   const result = spawnSync('go', ['build', '-o', `${binary}.tmp`, '.'], {
-    cwd: path.join(projectRoot(), 'scripts', 'ferretdb'),
+    cwd: source,
     stdio: ['ignore', 'inherit', 'inherit'],
   });
   if (result.status !== 0) throw new Error(`building FerretDB failed (go build exited ${result.status})`);
