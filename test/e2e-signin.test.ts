@@ -43,7 +43,9 @@ test('discovery advertises a code-only, PKCE S256 provider with the RFC 9207 iss
   expect(again.headers.get('cache-control')).toBe('public, max-age=300');
   expect(again.headers.get('access-control-allow-origin')).toBe('*');
 
-  const jwks = await (await fetch(metadata.jwks_uri!)).json() as { keys: Record<string, unknown>[] };
+  const jwksResponses = [await fetch(metadata.jwks_uri!), await fetch(metadata.jwks_uri!)];
+  for (const response of jwksResponses) expect(response.headers.get('content-type')).toMatch(/^application\/jwk-set\+json/);
+  const jwks = await jwksResponses[1]!.json() as { keys: Record<string, unknown>[] };
   expect(jwks.keys.map((k) => k.alg)).toEqual(['ES256', 'EdDSA', 'RS256']);
   for (const key of jwks.keys) expect(key).not.toHaveProperty('d');
 });

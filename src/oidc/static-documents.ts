@@ -7,17 +7,18 @@
 import type { Middleware } from 'koa';
 
 export function staticDocuments(paths: readonly string[], maxAgeSeconds = 300): Middleware {
-  const cache = new Map<string, string>();
+  const cache = new Map<string, { type: string; body: string }>();
   return async (ctx, next) => {
     if ((ctx.method !== 'GET' && ctx.method !== 'HEAD') || !paths.includes(ctx.path)) return next();
     const cached = cache.get(ctx.path);
     if (cached === undefined) {
       await next();
       if (ctx.status !== 200 || typeof ctx.body !== 'object' || ctx.body === null) return;
-      cache.set(ctx.path, JSON.stringify(ctx.body));
+      // The type too: JWKS is application/jwk-set+json, discovery application/json.
+      cache.set(ctx.path, { type: ctx.response.get('Content-Type'), body: JSON.stringify(ctx.body) });
     } else {
-      ctx.type = 'application/json';
-      ctx.body = cached;
+      ctx.type = cached.type;
+      ctx.body = cached.body;
     }
     // Public documents: any origin may read them (as oidc-provider's own CORS policy allows).
     ctx.set('Access-Control-Allow-Origin', '*');
