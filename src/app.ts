@@ -7,6 +7,7 @@ import Koa, { type Context } from 'koa';
 import mount from 'koa-mount';
 import views from 'koa-views';
 import Router from '@koa/router';
+import { documentsApi } from './documents/routes.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { isAppError } from './http/errors.ts';
 import { securityHeaders } from './security/headers.ts';
@@ -77,6 +78,10 @@ export function createApp(services: Services): Koa {
     };
   });
   app.use(health.routes());
+
+  app.use(documentsApi({
+    documents: services.documents, verifier: services.tokenVerifier, audit: services.audit, config, logger,
+  }));
 
   const interactions = interactionRoutes({
     provider, accounts: services.accounts, logger, secureCookies: config.secureTransport,

@@ -42,6 +42,17 @@ export interface Config {
     readonly grant: number;
   };
   readonly argon2: { readonly memoryKiB: number; readonly timeCost: number; readonly parallelism: number };
+  readonly documents: {
+    /** The API's resource indicator: the `aud` of every access token it accepts. */
+    readonly audience: string;
+    /** Where the API reads the provider's public keys (default: the issuer's jwks_uri). */
+    readonly jwksUri: string;
+    readonly maxFileBytes: number;
+    /** Media types (lower case, without parameters) a document's file may have. */
+    readonly fileTypes: readonly string[];
+    /** Browser origins allowed to call the API (CORS); empty means none. */
+    readonly corsOrigins: readonly string[];
+  };
 }
 
 export class ConfigError extends Error {
@@ -114,6 +125,52 @@ class Reader {
       return undefined;
     }
   }
+}
+
+/**
+ * Safe to serve from our origin as attachments. HTML, SVG and XML are left out on purpose: they
+ * can carry script if a browser is ever persuaded to render them.
+ */
+export const DEFAULT_FILE_TYPES = [
+  'application/pdf', 'application/json', 'text/plain', 'text/markdown', 'text/csv',
+  'image/png', 'image/jpeg', 'image/gif', 'image/webp',
+] as const;
+
+const MEDIA_TYPE = /^[a-z0-9][a-z0-9!#$&^_.+-]{0,126}\/[a-z0-9][a-z0-9!#$&^_.+-]{0,126}$/;
+
+function readList(r: Reader, name: string): string[] | undefined {
+  const value = r.raw(name);
+  return value === undefined ? undefined : value.split(',').map((item) => item.trim()).filter(Boolean);
+}
+
+function readDocuments(r: Reader, issuer: string, isProduction: boolean): Config['documents'] {
+  // The default derives from ISSUER, whose own problems are reported under its name.
+  const given = r.raw('DOCUMENTS_API_AUDIENCE');
+  const audience = given ?? `${issuer}/api`;
+  const parsed = given === undefined ? undefined : URL.parse(given);
+  if (given !== undefined && (!parsed || !['https:', 'http:'].includes(parsed.protocol) || given.includes('#'))) {
+    r.problems.push(`DOCUMENTS_API_AUDIENCE: expected an absolute http(s) URL without a fragment, got "${given}"`);
+  } else if (parsed && isProduction && parsed.protocol === 'http:' && !LOCALHOST.has(parsed.hostname)) {
+    r.problems.push('DOCUMENTS_API_AUDIENCE: must use https in production');
+  }
+  const jwksUri = r.url('DOCUMENTS_API_JWKS_URI', ['http:', 'https:']) ?? `${issuer}/jwks`;
+  const fileTypes = readList(r, 'DOCUMENTS_FILE_TYPES')?.map((t) => t.toLowerCase()) ?? [...DEFAULT_FILE_TYPES];
+  const badType = fileTypes.find((t) => !MEDIA_TYPE.test(t));
+  if (badType !== undefined || fileTypes.length === 0) {
+    r.problems.push(`DOCUMENTS_FILE_TYPES: expected comma-separated media types such as "application/pdf,image/png"${badType ? `, got "${badType}"` : ''}`);
+  }
+  const corsOrigins = readList(r, 'DOCUMENTS_API_CORS_ORIGINS') ?? [];
+  const badOrigin = corsOrigins.find((o) => URL.parse(o)?.origin !== o);
+  if (badOrigin !== undefined) {
+    r.problems.push(`DOCUMENTS_API_CORS_ORIGINS: expected comma-separated origins such as "https://app.example.com" (scheme, host and port only), got "${badOrigin}"`);
+  }
+  return {
+    audience,
+    jwksUri,
+    maxFileBytes: r.int('DOCUMENTS_MAX_FILE_BYTES', 10 * 1024 * 1024, 1, 1024 * 1024 * 1024),
+    fileTypes: [...new Set(fileTypes)],
+    corsOrigins,
+  };
 }
 
 const LOCALHOST = new Set(['localhost', '127.0.0.1', '[::1]']);
@@ -211,6 +268,7 @@ export function loadConfig(env: Env): Config {
       timeCost: r.int('ARGON2_TIME_COST', 2, 2, 20),
       parallelism: r.int('ARGON2_PARALLELISM', 1, 1, 16),
     },
+    documents: readDocuments(r, issuer, isProduction),
   };
 
   if (isProduction) {

@@ -11,6 +11,9 @@ import { ArtifactStore } from '../adapters/mongodb.ts';
 import { PasswordHasher } from './accounts/password.ts';
 import { AccountService } from './accounts/service.ts';
 import type { Config } from './config.ts';
+import { AuditLog } from './audit/log.ts';
+import { DocumentService } from './documents/service.ts';
+import { AccessTokenVerifier } from './documents/token.ts';
 import { ensureDevMongo } from './local/services.ts';
 import type { Logger } from './observability/logger.ts';
 import { ClientService } from './oidc/clients.ts';
@@ -27,6 +30,10 @@ export interface Services {
   readonly accounts: AccountService;
   readonly provider: Provider;
   readonly clients: ClientService;
+  readonly documents: DocumentService;
+  readonly audit: AuditLog;
+  /** Verifies the documents API's access tokens (keys cached from the provider's JWKS). */
+  readonly tokenVerifier: AccessTokenVerifier;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
   /** Closes connections and timers; safe to call once. */
@@ -78,6 +85,18 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
 
     const accounts = new AccountService(connection, new PasswordHasher(config.argon2), (id) => store.revokeAccount(id));
     await accounts.ensureIndexes();
+    const audit = new AuditLog(connection, logger);
+    await audit.ensureIndexes();
+    const documents = new DocumentService(connection, accounts);
+    await documents.ensureIndexes();
+    accounts.onCreated(async (account) => {
+      // The account exists either way; a share that fails to resolve now is logged, not fatal.
+      await documents.claimPendingShares(account.email, account.id)
+        .catch((error: unknown) => logger.error({ err: error, accountId: account.id }, 'resolving pending document shares failed'));
+    });
+    const tokenVerifier = new AccessTokenVerifier({
+      issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, logger,
+    });
 
     const jwks = await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: !config.isProduction });
     let cookieKeys = config.cookieKeys;
@@ -90,7 +109,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
 
     let closed = false;
     return {
-      config, logger, connection, redis, store, accounts, provider, clients, cookieKeys,
+      config, logger, connection, redis, store, accounts, provider, clients, documents, audit, tokenVerifier, cookieKeys,
       async close() {
         if (closed) return;
         closed = true;

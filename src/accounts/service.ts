@@ -52,12 +52,18 @@ export class AccountService {
   private readonly accounts: AccountModel;
   private readonly hasher: PasswordHasher;
   private readonly signOutEverywhere: (accountId: string) => Promise<void>;
+  private readonly createdListeners: ((account: AccountView) => Promise<void>)[] = [];
 
   /** signOutEverywhere ends an account's sessions and revokes its grants and tokens. */
   constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>) {
     this.accounts = accountModel(connection);
     this.hasher = hasher;
     this.signOutEverywhere = signOutEverywhere;
+  }
+
+  /** Runs after each account is created (other modules react without accounts knowing them). */
+  onCreated(listener: (account: AccountView) => Promise<void>): void {
+    this.createdListeners.push(listener);
   }
 
   async ensureIndexes(): Promise<void> {
@@ -87,7 +93,9 @@ export class AccountService {
         emailVerified: input.emailVerified ?? false,
         roles,
       });
-      return view(record.toObject());
+      const account = view(record.toObject());
+      for (const listener of this.createdListeners) await listener(account);
+      return account;
     } catch (error) {
       if (isDuplicateKey(error)) throw new AppError('email_taken', 'an account with this email already exists', 409);
       throw error;
@@ -141,6 +149,11 @@ export class AccountService {
     // A password is reset because the old one may be known: end what it may have opened.
     await this.signOutEverywhere(id);
     return this.require(id);
+  }
+
+  async hasRole(id: string, role: string): Promise<boolean> {
+    const record = await this.accounts.findOne({ _id: id, disabled: false }, { roles: 1 }).lean();
+    return record?.roles.includes(role) ?? false;
   }
 
   /** oidc-provider's findAccount: disabled accounts are invisible, which also stops their refresh tokens. */

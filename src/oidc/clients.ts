@@ -7,7 +7,9 @@ import { randomBytes } from 'node:crypto';
 import type { Provider, ClientMetadata } from 'oidc-provider';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import { AppError } from '../http/errors.ts';
-import { SCOPES } from './provider.ts';
+import { DOCUMENTS_SCOPES, SCOPES } from './provider.ts';
+
+const REGISTRABLE_SCOPES: readonly string[] = [...SCOPES, ...DOCUMENTS_SCOPES];
 
 export const GRANT_TYPES = ['authorization_code', 'refresh_token', 'client_credentials'] as const;
 
@@ -58,8 +60,8 @@ export class ClientService {
     const unknownGrant = grantTypes.find((g) => !(GRANT_TYPES as readonly string[]).includes(g));
     if (unknownGrant) throw new AppError('invalid_client_metadata', `grant type "${unknownGrant}" is not supported (${GRANT_TYPES.join(', ')})`);
     const scope = input.scope ?? base.scope ?? DEFAULT_SCOPE;
-    const unknownScope = scope.split(' ').find((s) => !(SCOPES as readonly string[]).includes(s));
-    if (unknownScope) throw new AppError('invalid_client_metadata', `scope "${unknownScope}" is not supported (${SCOPES.join(', ')})`);
+    const unknownScope = scope.split(' ').find((s) => !REGISTRABLE_SCOPES.includes(s));
+    if (unknownScope) throw new AppError('invalid_client_metadata', `scope "${unknownScope}" is not supported (${REGISTRABLE_SCOPES.join(', ')})`);
     const isPublic = input.isPublic ?? base.token_endpoint_auth_method === 'none';
     if (isPublic && grantTypes.includes('client_credentials')) {
       throw new AppError('invalid_client_metadata', 'a public client cannot use client_credentials');

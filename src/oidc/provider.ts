@@ -8,7 +8,7 @@
  * - ES256 signs ID tokens by default (see keys.ts).
  * @see https://github.com/panva/node-oidc-provider/blob/main/docs/README.md
  */
-import { Provider, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import { errors, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Config } from '../config.ts';
@@ -17,8 +17,16 @@ import type { PrivateJwks } from './keys.ts';
 
 export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] as const;
 
+/** Scopes of the documents API (a resource server, so not OIDC scopes). */
+export const DOCUMENTS_SCOPES = ['documents:read', 'documents:write', 'documents:admin'] as const;
+/** documents:admin is only ever granted to accounts holding this role. */
+export const ADMIN_ROLE = 'admin';
+
 export const SCOPE_DESCRIPTIONS: Record<string, string> = {
   openid: 'Sign you in with your account',
+  'documents:read': 'Read your documents and the documents shared with you',
+  'documents:write': 'Create, change, share and delete your documents',
+  'documents:admin': 'Read and manage every document (administrators)',
   profile: 'See your name',
   email: 'See your email address and whether it is verified',
   roles: 'See the roles you hold',
@@ -32,6 +40,24 @@ export interface ProviderDeps {
   jwks: PrivateJwks;
   cookieKeys: readonly string[];
   logger: Logger;
+}
+
+const isDocumentsScope = (scope: string) => (DOCUMENTS_SCOPES as readonly string[]).includes(scope);
+
+/**
+ * The documents API scopes this request may obtain: those the client is registered for, minus
+ * documents:admin unless an end user holding the admin role is known to be behind the request.
+ * Before sign-in the user is unknown, so admin is left out; oidc-provider asks again when the
+ * authorization request resumes after login, and at the token endpoint (refreshes included, so
+ * losing the role also takes the scope out of the next access token).
+ */
+async function documentsScopesFor(ctx: KoaContextWithOIDC, client: Client, accounts: AccountService): Promise<string[]> {
+  const registered = (client.scope ?? '').split(' ').filter(isDocumentsScope);
+  if (!registered.includes('documents:admin')) return registered;
+  const accountId = ctx.oidc.account?.accountId ?? ctx.oidc.session?.accountId;
+  const isAdmin = accountId !== undefined && ctx.oidc.params?.grant_type !== 'client_credentials'
+    && await accounts.hasRole(accountId, ADMIN_ROLE);
+  return isAdmin ? registered : registered.filter((scope) => scope !== 'documents:admin');
 }
 
 type Render = (view: string, locals: Record<string, unknown>) => Promise<void>;
@@ -90,6 +116,32 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     },
     features: {
       devInteractions: { enabled: false },
+      // RFC 8707 + RFC 9068: tokens for the documents API are JWTs with the API as audience.
+      resourceIndicators: {
+        enabled: true,
+        // A request for documents scopes without `resource` is meant for the API, so plain OIDC
+        // client libraries work unchanged. When a grant covers several resources, prefer the API.
+        defaultResource: async (ctx, _client, oneOf) => {
+          if (oneOf) return oneOf.includes(config.documents.audience) ? config.documents.audience : oneOf;
+          const requested = String(ctx.oidc.params?.scope ?? '').split(' ');
+          return requested.some(isDocumentsScope) ? config.documents.audience : undefined;
+        },
+        // The API's token is what a client that was granted it asked for; the ID token then
+        // carries the profile claims (oidc-provider does that when the token has an audience).
+        useGrantedResource: async () => true,
+        getResourceServerInfo: async (ctx, indicator, client) => {
+          if (indicator !== config.documents.audience) throw new errors.InvalidTarget('unknown resource indicator');
+          const scopes = await documentsScopesFor(ctx, client, accounts);
+          if (scopes.length === 0) throw new errors.InvalidTarget('this client is not registered for the documents API');
+          return {
+            audience: config.documents.audience,
+            scope: scopes.join(' '),
+            accessTokenFormat: 'jwt',
+            accessTokenTTL: config.ttl.accessToken,
+            jwt: { sign: { alg: 'ES256' } },
+          };
+        },
+      },
       clientCredentials: { enabled: true },
       introspection: {
         enabled: true,

@@ -1,0 +1,68 @@
+/**
+ * The audit trail: who did what to which document, and every refused access. Events never hold a
+ * token, a password or document content: only identifiers, the action and its outcome.
+ */
+import type { Collection, Connection } from 'mongoose';
+import { uuidv7 } from '../ids.ts';
+import type { Logger } from '../observability/logger.ts';
+
+export type AuditOutcome = 'success' | 'denied';
+
+export interface AuditEvent {
+  /** A UUIDv7, so `_id` order is time order. */
+  _id: string;
+  at: Date;
+  actor: { sub: string | null; clientId: string | null };
+  action: string;
+  target: string | null;
+  outcome: AuditOutcome;
+  /** Why access was denied (a short code), absent on success. */
+  reason?: string;
+  ip: string;
+  requestId: string | null;
+}
+
+export type NewAuditEvent = Omit<AuditEvent, '_id' | 'at'>;
+
+export interface TailFilter {
+  actor?: string | undefined;
+  since?: Date | undefined;
+  limit: number;
+}
+
+export class AuditLog {
+  private readonly events: Collection<AuditEvent>;
+  private readonly logger: Logger;
+
+  constructor(connection: Connection, logger: Logger) {
+    this.events = connection.collection<AuditEvent>('audit_events');
+    this.logger = logger;
+  }
+
+  async ensureIndexes(): Promise<void> {
+    await this.events.createIndex({ at: 1 });
+    await this.events.createIndex({ 'actor.sub': 1, at: 1 });
+  }
+
+  /**
+   * Writes one event. A failed write is logged (with the event, which holds no secrets) but does
+   * not fail the request it describes: the action itself has already happened.
+   */
+  async record(event: NewAuditEvent): Promise<void> {
+    const at = new Date();
+    try {
+      await this.events.insertOne({ _id: uuidv7(at.getTime()), at, ...event });
+    } catch (error) {
+      this.logger.error({ err: error, audit: event }, 'writing an audit event failed');
+    }
+  }
+
+  /** The latest `limit` events matching the filter, oldest first (like `tail`). */
+  async tail(filter: TailFilter): Promise<AuditEvent[]> {
+    const query: Record<string, unknown> = {};
+    if (filter.actor !== undefined) query['actor.sub'] = filter.actor;
+    if (filter.since !== undefined) query.at = { $gte: filter.since };
+    const latest = await this.events.find(query).sort({ _id: -1 }).limit(filter.limit).toArray();
+    return latest.reverse();
+  }
+}

@@ -1,0 +1,318 @@
+/**
+ * OpenAPI 3.1 description of the documents API, served at /api/openapi.json. It is written by
+ * hand next to the routes; the end-to-end tests validate every response they receive against it
+ * and check that it lists exactly the routes the router serves.
+ */
+import type { Config } from '../config.ts';
+import { PROBLEM_TITLES, problemType, type ProblemCode } from './problem.ts';
+import { LIMITS } from './schema.ts';
+
+const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
+const dateTime = { type: 'string', format: 'date-time' };
+const uuid = { type: 'string', format: 'uuid' };
+
+/** Problem responses by status, with the problem types each may carry. */
+const PROBLEM_RESPONSES: Record<number, { description: string; codes: ProblemCode[] }> = {
+  400: { description: 'Malformed or invalid input', codes: ['bad-request', 'validation-error'] },
+  401: { description: 'No valid access token (see WWW-Authenticate)', codes: ['invalid-token'] },
+  403: { description: 'Missing scope, or the caller may not do this to this document', codes: ['insufficient-scope', 'forbidden'] },
+  404: { description: 'No such document, or not visible to the caller', codes: ['not-found'] },
+  405: { description: 'Method not allowed', codes: ['method-not-allowed'] },
+  409: { description: 'Concurrent changes kept this one from being applied; retry', codes: ['conflict'] },
+  412: { description: 'If-Match does not match the current ETag', codes: ['precondition-failed'] },
+  413: { description: 'Body or file too large', codes: ['payload-too-large'] },
+  415: { description: 'Unsupported Content-Type or Content-Encoding', codes: ['unsupported-media-type'] },
+  500: { description: 'Unexpected server error', codes: ['server-error'] },
+};
+
+function problems(...statuses: number[]) {
+  return Object.fromEntries(statuses.map((status) => [String(status), { $ref: `#/components/responses/Problem${status}` }]));
+}
+
+const AUTHED = [401, 403, 500];
+
+const headers = {
+  ETag: { description: 'The document version (strong entity tag)', schema: { type: 'string', pattern: '^"v[0-9]+"$' } },
+  Location: { description: 'URL of the created resource', schema: { type: 'string' } },
+};
+
+const SUMMARY_REQUIRED = ['id', 'title', 'tags', 'owner', 'access', 'file', 'version', 'createdAt', 'updatedAt'];
+const summaryProperties = {
+  id: uuid,
+  title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
+  tags: { type: 'array', items: { type: 'string' }, maxItems: LIMITS.tags },
+  owner: ref('Owner'),
+  access: { enum: ['owner', 'admin', 'editor', 'viewer'], description: "The caller's relation to the document" },
+  file: { oneOf: [ref('FileInfo'), { type: 'null' }] },
+  version: { type: 'integer', minimum: 1 },
+  createdAt: dateTime,
+  updatedAt: dateTime,
+};
+
+const json = (schema: unknown) => ({ 'application/json': { schema } });
+
+export function buildOpenApi(config: Config): Record<string, unknown> {
+  const { issuer } = config;
+  const scopes = {
+    'documents:read': 'Read your documents and those shared with you',
+    'documents:write': 'Create, change, share and delete documents',
+    'documents:admin': 'Every document (only for accounts with the admin role)',
+  };
+  const fileTypes = config.documents.fileTypes;
+
+  return {
+    openapi: '3.1.0',
+    info: {
+      title: 'Documents API',
+      version: '1.0.0',
+      description: 'A resource server that accepts only JWT access tokens (RFC 9068) issued by this provider for the '
+        + `audience ${config.documents.audience}. Errors are application/problem+json (RFC 9457). A document the caller `
+        + 'may not see answers 404, never 403.',
+    },
+    jsonSchemaDialect: 'https://spec.openapis.org/oas/3.1/dialect/base',
+    servers: [{ url: `${issuer}/api/v1` }],
+    security: [{ bearer: [] }],
+    paths: {
+      '/documents': {
+        get: {
+          operationId: 'listDocuments',
+          summary: 'Documents the caller owns or that are shared with them (all documents with documents:admin), newest first',
+          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          parameters: [
+            { name: 'limit', in: 'query', schema: { type: 'integer', minimum: LIMITS.pageSize.min, maximum: LIMITS.pageSize.max, default: LIMITS.pageSize.default } },
+            { name: 'cursor', in: 'query', description: 'nextCursor from the previous page', schema: { type: 'string', maxLength: 64 } },
+            { name: 'tag', in: 'query', description: 'Only documents with this tag', schema: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength } },
+            { name: 'q', in: 'query', description: 'Case-insensitive text the title contains', schema: { type: 'string', minLength: 1, maxLength: LIMITS.queryLength } },
+          ],
+          responses: {
+            200: { description: 'One page', content: json(ref('DocumentList')) },
+            ...problems(400, ...AUTHED),
+          },
+        },
+        post: {
+          operationId: 'createDocument',
+          summary: 'Create a document owned by the caller',
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          requestBody: { required: true, content: json(ref('DocumentCreate')) },
+          responses: {
+            201: { description: 'Created', headers: { Location: headers.Location, ETag: headers.ETag }, content: json(ref('Document')) },
+            ...problems(400, ...AUTHED, 413, 415),
+          },
+        },
+      },
+      '/documents/{id}': {
+        parameters: [{ $ref: '#/components/parameters/DocumentId' }],
+        get: {
+          operationId: 'getDocument',
+          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          parameters: [{ name: 'If-None-Match', in: 'header', schema: { type: 'string' } }],
+          responses: {
+            200: { description: 'The document', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
+            304: { description: 'Not modified since the ETag in If-None-Match', headers: { ETag: headers.ETag } },
+            ...problems(400, ...AUTHED, 404),
+          },
+        },
+        patch: {
+          operationId: 'updateDocument',
+          summary: 'Change title, content and/or tags (owner, editor or admin)',
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          parameters: [{ $ref: '#/components/parameters/IfMatch' }],
+          requestBody: { required: true, content: json(ref('DocumentPatch')) },
+          responses: {
+            200: { description: 'The updated document', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
+            ...problems(400, ...AUTHED, 404, 409, 412, 413, 415),
+          },
+        },
+        delete: {
+          operationId: 'deleteDocument',
+          summary: 'Delete the document and its file (owner or admin)',
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          parameters: [{ $ref: '#/components/parameters/IfMatch' }],
+          responses: { 204: { description: 'Deleted' }, ...problems(400, ...AUTHED, 404, 412) },
+        },
+      },
+      '/documents/{id}/file': {
+        parameters: [{ $ref: '#/components/parameters/DocumentId' }],
+        put: {
+          operationId: 'putDocumentFile',
+          summary: `Store or replace the document's file (at most ${config.documents.maxFileBytes} bytes)`,
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          parameters: [
+            { $ref: '#/components/parameters/IfMatch' },
+            { name: 'filename', in: 'query', description: 'Name offered when the file is downloaded', schema: { type: 'string', minLength: 1, maxLength: LIMITS.filenameLength } },
+          ],
+          requestBody: {
+            required: true,
+            content: Object.fromEntries(fileTypes.map((type) => [type, { schema: { type: 'string', contentMediaType: type } }])),
+          },
+          responses: {
+            200: { description: 'The document with its new file', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
+            ...problems(400, ...AUTHED, 404, 409, 412, 413, 415),
+          },
+        },
+        get: {
+          operationId: 'getDocumentFile',
+          summary: 'Download the file, always as an attachment',
+          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          responses: {
+            200: {
+              description: 'The file bytes with their stored Content-Type',
+              headers: {
+                'Content-Disposition': { schema: { type: 'string', pattern: '^attachment; ' } },
+                'X-Content-Type-Options': { schema: { const: 'nosniff' } },
+                'Repr-Digest': { description: 'SHA-256 of the bytes (RFC 9530)', schema: { type: 'string' } },
+              },
+              content: Object.fromEntries(fileTypes.map((type) => [type, { schema: { type: 'string', contentMediaType: type } }])),
+            },
+            ...problems(400, ...AUTHED, 404),
+          },
+        },
+      },
+      '/documents/{id}/shares': {
+        parameters: [{ $ref: '#/components/parameters/DocumentId' }],
+        get: {
+          operationId: 'listShares',
+          summary: 'Who the document is shared with (owner or admin)',
+          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          responses: { 200: { description: 'The shares', content: json(ref('ShareList')) }, ...problems(400, ...AUTHED, 404) },
+        },
+        post: {
+          operationId: 'addShare',
+          summary: 'Share with an account by email, or change its role (owner or admin). The answer is the same whether or '
+            + 'not the email has an account; a share for an email without one takes effect when the account is created.',
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          requestBody: { required: true, content: json(ref('ShareCreate')) },
+          responses: {
+            201: { description: 'The share', headers: { Location: headers.Location }, content: json(ref('Share')) },
+            ...problems(400, ...AUTHED, 404, 409, 413, 415),
+          },
+        },
+      },
+      '/documents/{id}/shares/{userId}': {
+        parameters: [
+          { $ref: '#/components/parameters/DocumentId' },
+          { name: 'userId', in: 'path', required: true, schema: uuid },
+        ],
+        delete: {
+          operationId: 'removeShare',
+          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          responses: { 204: { description: 'No longer shared' }, ...problems(400, ...AUTHED, 404, 409) },
+        },
+      },
+    },
+    components: {
+      securitySchemes: {
+        bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT (RFC 9068, typ at+jwt)' },
+        oauth2: {
+          type: 'oauth2',
+          flows: {
+            authorizationCode: { authorizationUrl: `${issuer}/auth`, tokenUrl: `${issuer}/token`, scopes },
+            clientCredentials: { tokenUrl: `${issuer}/token`, scopes: { 'documents:read': scopes['documents:read'], 'documents:write': scopes['documents:write'] } },
+          },
+        },
+      },
+      parameters: {
+        DocumentId: { name: 'id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } },
+        IfMatch: { name: 'If-Match', in: 'header', description: 'Apply only if the document still has this ETag', schema: { type: 'string' } },
+      },
+      responses: Object.fromEntries(Object.entries(PROBLEM_RESPONSES).map(([status, { description, codes }]) => [
+        `Problem${status}`,
+        {
+          description,
+          headers: status === '401' || status === '403'
+            ? { 'WWW-Authenticate': { description: 'RFC 6750 challenge (for token and scope problems)', schema: { type: 'string' } } }
+            : undefined,
+          content: {
+            'application/problem+json': {
+              schema: {
+                allOf: [ref('Problem')],
+                properties: {
+                  status: { const: Number(status) },
+                  type: { enum: codes.map(problemType) },
+                  title: { enum: codes.map((code) => PROBLEM_TITLES[code]) },
+                },
+              },
+            },
+          },
+        },
+      ])),
+      schemas: {
+        Owner: {
+          type: 'object', additionalProperties: false, required: ['type', 'id'],
+          properties: { type: { enum: ['user', 'client'] }, id: { type: 'string' } },
+        },
+        FileInfo: {
+          type: 'object', additionalProperties: false, required: ['contentType', 'size', 'filename', 'sha256', 'uploadedAt'],
+          properties: {
+            contentType: { type: 'string' },
+            size: { type: 'integer', minimum: 0 },
+            filename: { type: 'string' },
+            sha256: { type: 'string', description: 'Base64 SHA-256 of the bytes' },
+            uploadedAt: dateTime,
+          },
+        },
+        DocumentSummary: {
+          type: 'object', additionalProperties: false, required: SUMMARY_REQUIRED, properties: summaryProperties,
+        },
+        Document: {
+          type: 'object', additionalProperties: false, required: [...SUMMARY_REQUIRED, 'content'],
+          properties: { ...summaryProperties, content: { type: 'string' } },
+        },
+        DocumentList: {
+          type: 'object', additionalProperties: false, required: ['items', 'nextCursor'],
+          properties: {
+            items: { type: 'array', items: ref('DocumentSummary') },
+            nextCursor: { type: ['string', 'null'], description: 'Pass as cursor for the next page; null on the last page' },
+          },
+        },
+        DocumentCreate: {
+          type: 'object', additionalProperties: false, required: ['title'],
+          properties: {
+            title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
+            content: { type: 'string', description: `At most ${LIMITS.contentBytes} bytes of UTF-8` },
+            tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength }, maxItems: LIMITS.tags, uniqueItems: true },
+          },
+        },
+        DocumentPatch: {
+          type: 'object', additionalProperties: false, minProperties: 1,
+          properties: {
+            title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
+            content: { type: 'string', description: `At most ${LIMITS.contentBytes} bytes of UTF-8` },
+            tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength }, maxItems: LIMITS.tags, uniqueItems: true },
+          },
+        },
+        Share: {
+          type: 'object', additionalProperties: false, required: ['userId', 'email', 'role', 'createdAt'],
+          properties: { userId: uuid, email: { type: 'string', format: 'email' }, role: { enum: ['viewer', 'editor'] }, createdAt: dateTime },
+        },
+        ShareList: {
+          type: 'object', additionalProperties: false, required: ['items'],
+          properties: { items: { type: 'array', items: ref('Share') } },
+        },
+        ShareCreate: {
+          type: 'object', additionalProperties: false, required: ['email', 'role'],
+          properties: { email: { type: 'string', format: 'email', maxLength: 254 }, role: { enum: ['viewer', 'editor'] } },
+        },
+        Problem: {
+          type: 'object', required: ['type', 'title', 'status', 'detail'],
+          description: 'RFC 9457 problem details',
+          properties: {
+            type: { type: 'string', format: 'uri' },
+            title: { type: 'string' },
+            status: { type: 'integer' },
+            detail: { type: 'string' },
+            errors: {
+              type: 'array',
+              description: 'For validation errors: each offending body field (JSON pointer), query parameter or header',
+              items: {
+                type: 'object', additionalProperties: false, required: ['detail'],
+                properties: { detail: { type: 'string' }, pointer: { type: 'string' }, parameter: { type: 'string' }, header: { type: 'string' } },
+              },
+            },
+          },
+          additionalProperties: false,
+        },
+      },
+    },
+  };
+}

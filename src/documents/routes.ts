@@ -1,0 +1,265 @@
+/**
+ * The documents API (a resource server) under /api: thin handlers that validate, call the
+ * service, audit and present. Everything under /api answers application/problem+json on error,
+ * including unknown paths and methods, and every refused access is written to the audit log.
+ */
+import Router, { type RouterContext } from '@koa/router';
+import { bodyParser } from '@koa/bodyparser';
+import compose from 'koa-compose';
+import type { Context, Middleware } from 'koa';
+import type { AuditLog } from '../audit/log.ts';
+import type { Config } from '../config.ts';
+import type { Logger } from '../observability/logger.ts';
+import { cors } from '../security/cors.ts';
+import { buildOpenApi } from './openapi.ts';
+import { ApiProblem } from './problem.ts';
+import { etagOf, presentDocument, presentShare, presentSummary } from './presenter.ts';
+import {
+  createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
+} from './schema.ts';
+import { tooLarge, type DocumentService } from './service.ts';
+import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
+
+export interface DocumentsApiDeps {
+  documents: DocumentService;
+  verifier: AccessTokenVerifier;
+  audit: AuditLog;
+  config: Config;
+  logger: Logger;
+}
+
+const READ = 'documents:read';
+const WRITE = 'documents:write';
+
+const caller = (ctx: Context): Caller => ctx.state.caller as Caller;
+
+/** The media type without parameters, lower-cased; text types keep a charset parameter. */
+function fileContentType(header: string | undefined, allowed: readonly string[]): string {
+  const [essence = '', ...params] = (header ?? '').split(';').map((part) => part.trim());
+  const type = essence.toLowerCase();
+  if (!allowed.includes(type)) {
+    throw new ApiProblem('unsupported-media-type', 415, `Files of type "${type || '(none)'}" are not accepted. Accepted: ${allowed.join(', ')}.`);
+  }
+  const charset = params.map((p) => /^charset="?([\w.:-]{1,40})"?$/i.exec(p)?.[1]).find(Boolean);
+  return type.startsWith('text/') && charset ? `${type}; charset=${charset.toLowerCase()}` : type;
+}
+
+/** RFC 6266 attachment disposition with an ASCII fallback name and the exact UTF-8 one. */
+function attachment(filename: string): string {
+  const ascii = filename.replace(/[^\x20-\x7e]|["\\%]/g, '_');
+  return `attachment; filename="${ascii}"; filename*=UTF-8''${encodeURIComponent(filename)}`;
+}
+
+function requireJson(ctx: Context): void {
+  if (!ctx.is('application/json')) {
+    throw new ApiProblem('unsupported-media-type', 415, 'Send the request body as application/json.');
+  }
+}
+
+export function documentsApi({ documents, verifier, audit, config, logger }: DocumentsApiDeps): Middleware {
+  const openapi = JSON.stringify(buildOpenApi(config));
+
+  async function record(ctx: Context, action: string, target: string | null, outcome: 'success' | 'denied', reason?: string): Promise<void> {
+    const who = ctx.state.caller as Caller | undefined;
+    await audit.record({
+      actor: { sub: who?.sub ?? null, clientId: who?.clientId ?? null },
+      action, target, outcome, ...(reason ? { reason } : {}),
+      ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
+    });
+  }
+
+  /** Turns every error under /api into problem+json, and audits refusals. */
+  const problems: Middleware = async (ctx, next) => {
+    try {
+      await next();
+      if (ctx.status === 404 && ctx.body == null) throw new ApiProblem('not-found', 404, 'There is no such API resource.');
+    } catch (error) {
+      let problem: ApiProblem;
+      if (error instanceof ApiProblem) {
+        problem = error;
+      } else {
+        // Errors from Koa middleware (body parser: malformed JSON 400, too large 413) carry a status.
+        const http = error as { status?: number; expose?: boolean };
+        if (http.expose && http.status === 413) problem = new ApiProblem('payload-too-large', 413, 'The request body is too large.');
+        else if (http.expose && http.status === 415) problem = new ApiProblem('unsupported-media-type', 415, 'Send the request body as application/json.');
+        else if (http.expose && http.status && http.status < 500) problem = new ApiProblem('bad-request', 400, 'The request body is not valid JSON.');
+        else {
+          logger.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'documents API request failed');
+          problem = new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
+        }
+      }
+      ctx.status = problem.status;
+      ctx.set(problem.headers);
+      ctx.set('Cache-Control', 'no-store');
+      ctx.type = 'application/problem+json';
+      ctx.body = problem.body();
+      if ([401, 403, 404].includes(problem.status)) {
+        const action = (ctx as Partial<RouterContext>)._matchedRouteName ?? 'api.request';
+        const target = typeof ctx.params?.id === 'string' ? ctx.params.id : null;
+        await record(ctx, action, target, 'denied', problem.code);
+      }
+    }
+  };
+
+  const v1 = new Router({ prefix: '/api/v1' });
+  v1.use(bearer(verifier));
+  // For JSON routes only (file uploads are streamed). 2 MB leaves room for 1 MiB of content with
+  // JSON escaping; anything larger is refused before it is parsed.
+  const json = bodyParser({ enableTypes: ['json'], jsonLimit: '2mb', encoding: 'utf-8' });
+
+  v1.post('document.create', '/documents', json, async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    validate(noQuery, ctx.query, 'query');
+    requireJson(ctx);
+    const input = validate(createBody, ctx.request.body, 'body');
+    const { doc, access } = await documents.create(caller(ctx), input);
+    await record(ctx, 'document.create', doc._id, 'success');
+    ctx.status = 201;
+    ctx.set('Location', `/api/v1/documents/${doc._id}`);
+    ctx.set('ETag', etagOf(doc));
+    ctx.body = presentDocument(doc, access);
+  });
+
+  v1.get('document.list', '/documents', async (ctx) => {
+    requireScope(caller(ctx), READ);
+    const query = validate(listQuery, ctx.query, 'query');
+    const { items, next } = await documents.list(caller(ctx), {
+      limit: query.limit ?? LIMITS.pageSize.default, after: query.cursor, tag: query.tag, q: query.q,
+    });
+    ctx.set('Cache-Control', 'private, no-cache');
+    ctx.body = {
+      items: items.map(({ doc, access }) => presentSummary(doc, access)),
+      nextCursor: next ? encodeCursor(next) : null,
+    };
+  });
+
+  v1.get('document.read', '/documents/:id', async (ctx) => {
+    requireScope(caller(ctx), READ);
+    validate(noQuery, ctx.query, 'query');
+    const { doc, access } = await documents.get(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    ctx.status = 200;
+    ctx.set('ETag', etagOf(doc));
+    ctx.set('Cache-Control', 'private, no-cache');
+    if (ctx.fresh) {
+      ctx.status = 304;
+      return;
+    }
+    ctx.body = presentDocument(doc, access);
+  });
+
+  v1.patch('document.update', '/documents/:id', json, async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    validate(noQuery, ctx.query, 'query');
+    const id = validate(documentId, ctx.params.id, 'path');
+    requireJson(ctx);
+    const patch = validate(patchBody, ctx.request.body, 'body');
+    const { doc, access } = await documents.update(caller(ctx), id, patch, ctx.get('if-match') || undefined);
+    await record(ctx, 'document.update', id, 'success');
+    ctx.set('ETag', etagOf(doc));
+    ctx.body = presentDocument(doc, access);
+  });
+
+  v1.delete('document.delete', '/documents/:id', async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    validate(noQuery, ctx.query, 'query');
+    const id = validate(documentId, ctx.params.id, 'path');
+    await documents.delete(caller(ctx), id, ctx.get('if-match') || undefined);
+    await record(ctx, 'document.delete', id, 'success');
+    ctx.status = 204;
+  });
+
+  v1.put('document.file.upload', '/documents/:id/file', async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    const { filename } = validate(fileQuery, ctx.query, 'query');
+    const id = validate(documentId, ctx.params.id, 'path');
+    const contentType = fileContentType(ctx.get('content-type') || undefined, config.documents.fileTypes);
+    const encoding = ctx.get('content-encoding');
+    if (encoding && encoding.toLowerCase() !== 'identity') {
+      throw new ApiProblem('unsupported-media-type', 415, 'Upload the file without a Content-Encoding.');
+    }
+    const declared = ctx.request.length;
+    if (declared !== undefined && declared > config.documents.maxFileBytes) throw tooLarge(config.documents.maxFileBytes);
+    const { doc, access } = await documents.putFile(caller(ctx), id, {
+      body: ctx.req, contentType, filename: filename ?? `document-${id}`,
+    }, config.documents.maxFileBytes, ctx.get('if-match') || undefined);
+    await record(ctx, 'document.file.upload', id, 'success');
+    ctx.set('ETag', etagOf(doc));
+    ctx.body = presentDocument(doc, access);
+  });
+
+  v1.get('document.file.download', '/documents/:id/file', async (ctx) => {
+    requireScope(caller(ctx), READ);
+    validate(noQuery, ctx.query, 'query');
+    const { file, stream } = await documents.openFile(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    ctx.set({
+      'Content-Disposition': attachment(file.filename),
+      'X-Content-Type-Options': 'nosniff',
+      'Cache-Control': 'private, no-cache',
+      'Repr-Digest': `sha-256=:${file.sha256}:`, // RFC 9530
+    });
+    ctx.type = file.contentType;
+    ctx.length = file.size;
+    ctx.body = stream;
+  });
+
+  v1.get('document.share.list', '/documents/:id/shares', async (ctx) => {
+    requireScope(caller(ctx), READ);
+    validate(noQuery, ctx.query, 'query');
+    const shares = await documents.listShares(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    ctx.set('Cache-Control', 'private, no-cache');
+    ctx.body = { items: shares.map(presentShare) };
+  });
+
+  v1.post('document.share.add', '/documents/:id/shares', json, async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    validate(noQuery, ctx.query, 'query');
+    const id = validate(documentId, ctx.params.id, 'path');
+    requireJson(ctx);
+    const { email, role } = validate(shareBody, ctx.request.body, 'body');
+    const { share } = await documents.addShare(caller(ctx), id, email, role);
+    await record(ctx, 'document.share.add', id, 'success');
+    ctx.status = 201;
+    ctx.set('Location', `/api/v1/documents/${id}/shares/${share.userId}`);
+    ctx.body = presentShare(share);
+  });
+
+  v1.delete('document.share.remove', '/documents/:id/shares/:userId', async (ctx) => {
+    requireScope(caller(ctx), WRITE);
+    validate(noQuery, ctx.query, 'query');
+    const id = validate(documentId, ctx.params.id, 'path');
+    await documents.removeShare(caller(ctx), id, validate(userId, ctx.params.userId, 'path'));
+    await record(ctx, 'document.share.remove', id, 'success');
+    ctx.status = 204;
+  });
+
+  const meta = new Router({ prefix: '/api' });
+  meta.get('/openapi.json', (ctx) => {
+    ctx.set('Cache-Control', 'public, max-age=300');
+    ctx.type = 'application/json';
+    ctx.body = openapi;
+  });
+
+  const methods = ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'];
+  const api = compose<Context>([
+    cors({
+      origins: config.documents.corsOrigins,
+      methods,
+      allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match'],
+      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition'],
+      maxAgeSeconds: 600,
+    }),
+    async (ctx, next) => {
+      ctx.set('Cache-Control', 'no-store');
+      await next();
+    },
+    problems,
+    meta.routes(),
+    v1.routes(),
+    v1.allowedMethods({
+      throw: true,
+      methodNotAllowed: () => new ApiProblem('method-not-allowed', 405, 'This method is not allowed on this resource.'),
+      notImplemented: () => new ApiProblem('method-not-allowed', 405, 'This method is not supported.'),
+    }),
+  ] as Middleware[]);
+  return (ctx, next) => (ctx.path === '/api' || ctx.path.startsWith('/api/') ? api(ctx, next) : next());
+}

@@ -1,0 +1,327 @@
+/**
+ * Document commands. Every change goes through `change()`: read, check the caller's access and
+ * If-Match, then commit a new version. A commit first inserts a VersionClaim for the version it
+ * produces, so only one writer can produce each version: on MongoDB the conditional update would
+ * suffice, but FerretDB v1 runs it as a read then a write, and two writers could both succeed.
+ * A writer that loses re-reads and tries again (or gets 412 when it sent If-Match).
+ */
+import { createHash, randomUUID } from 'node:crypto';
+import { Transform, type Readable } from 'node:stream';
+import { pipeline } from 'node:stream/promises';
+import mongoose, { type Collection, type Connection } from 'mongoose';
+import type { AccountService } from '../accounts/service.ts';
+import { uuidv7 } from '../ids.ts';
+import { ApiProblem, notFound } from './problem.ts';
+import { aclOf, type DocumentRecord, type FileRecord, type ShareRecord, type ShareRole, type VersionClaim } from './model.ts';
+import { accessOf, callerPrincipal, isAdmin, may, type Access, type Action } from './policy.ts';
+import { etagOf } from './presenter.ts';
+import type { Caller } from './token.ts';
+
+export interface DocumentInput {
+  title: string;
+  content?: string | undefined;
+  tags?: string[] | undefined;
+}
+
+export type DocumentPatch = Partial<DocumentInput>;
+
+export interface ListQuery {
+  limit: number;
+  /** Return documents older than this one (the previous page's last id). */
+  after?: string | undefined;
+  tag?: string | undefined;
+  q?: string | undefined;
+}
+
+export interface FileUpload {
+  body: Readable;
+  contentType: string;
+  filename: string;
+}
+
+export interface Visible {
+  doc: DocumentRecord;
+  access: Access;
+}
+
+const FILES_BUCKET = 'document_files';
+const MAX_ATTEMPTS = 5;
+/** Internal changes made on nobody's behalf (claiming pending shares). */
+const SYSTEM = 'system';
+type Actor = Caller | typeof SYSTEM;
+/** A claim this old was left by a writer that died between claiming and committing. */
+const STALE_CLAIM_MS = 30_000;
+
+const escapeRegex = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+
+function isDuplicateKey(error: unknown): boolean {
+  return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 11000;
+}
+
+/** RFC 9110 If-Match: "*" or a list of strong entity tags; weak tags never match. */
+export function ifMatchSatisfied(header: string, etag: string): boolean {
+  if (header.trim() === '*') return true;
+  return header.split(',').map((tag) => tag.trim()).includes(etag);
+}
+
+const forbidden = (action: Action) =>
+  new ApiProblem('forbidden', 403, `Your access to this document does not allow this (${action}).`);
+
+const preconditionFailed = () =>
+  new ApiProblem('precondition-failed', 412, 'The document has changed since the version named in If-Match. Read it again and retry.');
+
+export class DocumentService {
+  private readonly documents: Collection<DocumentRecord>;
+  private readonly claims: Collection<VersionClaim>;
+  private readonly files: InstanceType<typeof mongoose.mongo.GridFSBucket>;
+  private readonly filesCollection: Collection;
+  private readonly accounts: AccountService;
+
+  constructor(connection: Connection, accounts: AccountService) {
+    this.documents = connection.collection<DocumentRecord>('documents');
+    this.claims = connection.collection<VersionClaim>('document_version_claims');
+    this.files = new mongoose.mongo.GridFSBucket(connection.db!, { bucketName: FILES_BUCKET });
+    this.filesCollection = connection.collection(`${FILES_BUCKET}.files`);
+    this.accounts = accounts;
+  }
+
+  async ensureIndexes(): Promise<void> {
+    await this.documents.createIndex({ acl: 1, _id: -1 });
+    await this.documents.createIndex({ 'shares.email': 1 });
+    // Deleting a document finds its files by this field.
+    await this.filesCollection.createIndex({ 'metadata.documentId': 1 });
+  }
+
+  async create(caller: Caller, input: DocumentInput): Promise<Visible> {
+    const owner = caller.kind === 'client'
+      ? { type: 'client' as const, id: caller.clientId }
+      : { type: 'user' as const, id: caller.sub };
+    const now = new Date();
+    const doc: DocumentRecord = {
+      _id: uuidv7(now.getTime()),
+      owner,
+      title: input.title,
+      content: input.content ?? '',
+      tags: input.tags ?? [],
+      shares: [],
+      acl: aclOf(owner, []),
+      file: null,
+      version: 1,
+      createdAt: now,
+      updatedAt: now,
+    };
+    await this.documents.insertOne(doc);
+    return { doc, access: 'owner' };
+  }
+
+  /** Newest first; `nextCursor` is the id to pass as `after` for the next page, if there is one. */
+  async list(caller: Caller, query: ListQuery): Promise<{ items: Visible[]; next: string | undefined }> {
+    const filter: Record<string, unknown> = isAdmin(caller) ? {} : { acl: callerPrincipal(caller) };
+    if (query.after) filter._id = { $lt: query.after };
+    if (query.tag) filter.tags = query.tag;
+    if (query.q) filter.title = { $regex: escapeRegex(query.q), $options: 'i' };
+    const docs = await this.documents
+      .find(filter, { projection: { content: 0 } })
+      .sort({ _id: -1 })
+      .limit(query.limit + 1)
+      .toArray();
+    const page = docs.slice(0, query.limit);
+    return {
+      items: page.map((doc) => ({ doc: { ...doc, content: '' }, access: accessOf(caller, doc)! })),
+      next: docs.length > query.limit ? page.at(-1)!._id : undefined,
+    };
+  }
+
+  /** The document with the caller's access to it; 404 when it does not exist or is not visible. */
+  async get(caller: Caller, id: string): Promise<Visible> {
+    return this.load(caller, id);
+  }
+
+  private async load(actor: Actor, id: string): Promise<Visible> {
+    const doc = await this.documents.findOne({ _id: id });
+    const access = doc ? (actor === SYSTEM ? 'admin' : accessOf(actor, doc)) : undefined;
+    if (!doc || !access) throw notFound();
+    return { doc, access };
+  }
+
+  async update(caller: Caller, id: string, patch: DocumentPatch, ifMatch: string | undefined): Promise<Visible> {
+    const { after, access } = await this.change(caller, id, 'update', ifMatch, () => {
+      const changes: Partial<DocumentRecord> = {};
+      if (patch.title !== undefined) changes.title = patch.title;
+      if (patch.content !== undefined) changes.content = patch.content;
+      if (patch.tags !== undefined) changes.tags = patch.tags;
+      return changes;
+    });
+    return { doc: after, access };
+  }
+
+  async delete(caller: Caller, id: string, ifMatch: string | undefined): Promise<void> {
+    const { doc, access } = await this.get(caller, id);
+    if (!may(access, 'delete')) throw forbidden('delete');
+    if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(doc))) throw preconditionFailed();
+    const filter = ifMatch === undefined ? { _id: id } : { _id: id, version: doc.version };
+    const { deletedCount } = await this.documents.deleteOne(filter);
+    if (deletedCount === 0) throw ifMatch === undefined ? notFound() : preconditionFailed();
+    // Every file stored for it, including one an upload committed while this delete ran.
+    const files = await this.files.find({ 'metadata.documentId': id }, { projection: { _id: 1 } }).toArray();
+    await Promise.all(files.map((file) => this.files.delete(file._id)));
+  }
+
+  /**
+   * Streams the upload into GridFS (hashing and counting as it goes, and stopping at maxBytes),
+   * then points the document at it and deletes the file it replaces.
+   */
+  async putFile(caller: Caller, id: string, upload: FileUpload, maxBytes: number, ifMatch: string | undefined): Promise<Visible> {
+    const { doc, access } = await this.get(caller, id);
+    if (!may(access, 'update')) throw forbidden('update');
+    if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(doc))) throw preconditionFailed();
+
+    const hash = createHash('sha256');
+    let size = 0;
+    const meter = new Transform({
+      transform(chunk: Buffer, _encoding, callback) {
+        size += chunk.length;
+        if (size > maxBytes) return callback(tooLarge(maxBytes));
+        hash.update(chunk);
+        callback(null, chunk);
+      },
+    });
+    const stream = this.files.openUploadStream(upload.filename, { metadata: { documentId: id, contentType: upload.contentType } });
+    try {
+      await pipeline(upload.body, meter, stream);
+    } catch (error) {
+      await stream.abort().catch(() => undefined);
+      throw error;
+    }
+    const file: FileRecord = {
+      gridFsId: stream.id,
+      contentType: upload.contentType,
+      size,
+      filename: upload.filename,
+      sha256: hash.digest('base64'),
+      uploadedAt: new Date(),
+    };
+    try {
+      const { before, after, access: finalAccess } = await this.change(caller, id, 'update', ifMatch, () => ({ file }));
+      if (before.file) await this.files.delete(before.file.gridFsId).catch(() => undefined);
+      return { doc: after, access: finalAccess };
+    } catch (error) {
+      await this.files.delete(stream.id).catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async openFile(caller: Caller, id: string): Promise<{ file: FileRecord; stream: Readable }> {
+    const { doc } = await this.get(caller, id);
+    if (!doc.file) throw new ApiProblem('not-found', 404, 'This document has no file.');
+    return { file: doc.file, stream: this.files.openDownloadStream(doc.file.gridFsId) };
+  }
+
+  async listShares(caller: Caller, id: string): Promise<ShareRecord[]> {
+    const { doc, access } = await this.get(caller, id);
+    if (!may(access, 'share')) throw forbidden('share');
+    return doc.shares;
+  }
+
+  /**
+   * Shares with the account that has this email, or replaces the role of an existing share.
+   * An email without an account gets a pending share under a placeholder id, answered exactly
+   * like a real one: the answer never tells whether someone has an account. The share starts
+   * working when an account with that email is created (claimPendingShares).
+   */
+  async addShare(caller: Caller, id: string, email: string, role: ShareRole): Promise<{ share: ShareRecord; created: boolean }> {
+    const account = await this.accounts.get(email);
+    const normalized = email.trim().toLowerCase();
+    let result: { share: ShareRecord; created: boolean } | undefined;
+    await this.change(caller, id, 'share', undefined, (doc) => {
+      if (account && doc.owner.type === 'user' && doc.owner.id === account.id) {
+        throw new ApiProblem('validation-error', 400, 'The owner of a document cannot be added to its shares.', {
+          errors: [{ detail: 'is the owner of this document', pointer: '/email' }],
+        });
+      }
+      const existing = doc.shares.find((s) => s.email === normalized);
+      const share: ShareRecord = existing
+        ? { ...existing, role }
+        : { userId: account?.id ?? randomUUID(), email: normalized, role, pending: !account, createdAt: new Date() };
+      result = { share, created: !existing };
+      const shares = [...doc.shares.filter((s) => s !== existing), share];
+      return { shares, acl: aclOf(doc.owner, shares) };
+    });
+    return result!;
+  }
+
+  async removeShare(caller: Caller, id: string, userId: string): Promise<void> {
+    await this.change(caller, id, 'share', undefined, (doc) => {
+      const shares = doc.shares.filter((s) => s.userId !== userId);
+      if (shares.length === doc.shares.length) throw new ApiProblem('not-found', 404, 'This document is not shared with that user.');
+      return { shares, acl: aclOf(doc.owner, shares) };
+    });
+  }
+
+  /** Turns pending shares for this email into shares with the new account. */
+  async claimPendingShares(email: string, accountId: string): Promise<number> {
+    const docs = await this.documents
+      .find({ shares: { $elemMatch: { email, pending: true } } }, { projection: { _id: 1 } })
+      .toArray();
+    for (const { _id } of docs) {
+      await this.change(SYSTEM, _id, 'share', undefined, (doc) => {
+        const shares = doc.shares.map((s) => (s.pending && s.email === email ? { ...s, userId: accountId, pending: false } : s));
+        return { shares, acl: aclOf(doc.owner, shares) };
+      }).catch((error: unknown) => {
+        if (!(error instanceof ApiProblem && error.status === 404)) throw error; // deleted meanwhile
+      });
+    }
+    return docs.length;
+  }
+
+  /**
+   * Read, authorize, check If-Match, commit; again on a lost race. `mutate` may throw an
+   * ApiProblem to refuse the change after seeing the document.
+   */
+  private async change(
+    actor: Actor, id: string, action: Action, ifMatch: string | undefined,
+    mutate: (doc: DocumentRecord) => Partial<DocumentRecord>,
+  ): Promise<{ before: DocumentRecord; after: DocumentRecord; access: Access }> {
+    for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt += 1) {
+      const { doc, access } = await this.load(actor, id);
+      if (!may(access, action)) throw forbidden(action);
+      if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(doc))) throw preconditionFailed();
+      const after = await this.commit(doc, mutate(doc));
+      if (after) return { before: doc, after, access };
+    }
+    throw new ApiProblem('conflict', 409, 'The document is being changed by other requests; try again.');
+  }
+
+  /** Writes the next version of `doc`, or returns undefined if another writer got there first. */
+  private async commit(doc: DocumentRecord, changes: Partial<DocumentRecord>): Promise<DocumentRecord | undefined> {
+    const version = doc.version + 1;
+    const claimId = `${doc._id}:${version}`;
+    try {
+      await this.claims.insertOne({ _id: claimId, at: new Date() });
+    } catch (error) {
+      if (!isDuplicateKey(error)) throw error;
+      await this.releaseIfStale(claimId);
+      return undefined;
+    }
+    try {
+      const updatedAt = new Date();
+      const { matchedCount } = await this.documents.updateOne(
+        { _id: doc._id, version: doc.version },
+        { $set: { ...changes, version, updatedAt } },
+      );
+      return matchedCount === 1 ? { ...doc, ...changes, version, updatedAt } : undefined;
+    } finally {
+      // Once the update is done, later writers see the new version and no longer need the claim.
+      await this.claims.deleteOne({ _id: claimId });
+    }
+  }
+
+  private async releaseIfStale(claimId: string): Promise<void> {
+    const claim = await this.claims.findOne({ _id: claimId });
+    if (claim && Date.now() - claim.at.getTime() > STALE_CLAIM_MS) await this.claims.deleteOne({ _id: claimId, at: claim.at });
+  }
+}
+
+export function tooLarge(maxBytes: number): ApiProblem {
+  return new ApiProblem('payload-too-large', 413, `The file is larger than the limit of ${maxBytes} bytes.`);
+}

@@ -1,0 +1,130 @@
+/**
+ * Access-token verification for the documents API (RFC 9068 JWT access tokens, RFC 6750 bearer
+ * usage). Tokens are checked locally against the provider's public keys, fetched from its JWKS
+ * endpoint and cached: the provider is contacted again only when the cache is old (10 minutes) or
+ * a token names a key id the cache does not have (at most once every 30 seconds), never per request.
+ */
+import { createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
+import type { Middleware } from 'koa';
+import type { Logger } from '../observability/logger.ts';
+import { ApiProblem } from './problem.ts';
+
+/** Asymmetric algorithms the provider signs with. HS* and "none" can never verify. */
+export const ACCESS_TOKEN_ALGORITHMS = ['ES256', 'EdDSA', 'RS256'];
+const CLOCK_SKEW_SECONDS = 5;
+
+/** Who is calling: an end user through a client, or a client on its own (client_credentials). */
+export interface Caller {
+  kind: 'user' | 'client';
+  /** The token's `sub`: an account id, or the client id for client_credentials tokens. */
+  sub: string;
+  clientId: string;
+  scopes: ReadonlySet<string>;
+}
+
+export interface VerifierOptions {
+  issuer: string;
+  audience: string;
+  jwksUri: string;
+  logger: Logger;
+}
+
+export class AccessTokenVerifier {
+  private readonly options: VerifierOptions;
+  private readonly keySet: ReturnType<typeof createRemoteJWKSet>;
+  /** How many times the key set was fetched from the provider (an observable cost). */
+  keySetFetches = 0;
+
+  constructor(options: VerifierOptions) {
+    this.options = options;
+    this.keySet = createRemoteJWKSet(new URL(options.jwksUri), {
+      cacheMaxAge: 10 * 60_000,
+      cooldownDuration: 30_000,
+      timeoutDuration: 5_000,
+      [customFetch]: (url: string, init: RequestInit) => {
+        this.keySetFetches += 1;
+        options.logger.info({ jwksUri: options.jwksUri }, 'fetching the provider key set');
+        return fetch(url, init);
+      },
+    });
+  }
+
+  /** The caller a token speaks for, or an invalid-token problem saying (briefly) why not. */
+  async verify(token: string): Promise<Caller> {
+    let payload: JWTPayload;
+    try {
+      ({ payload } = await jwtVerify(token, this.keySet, {
+        issuer: this.options.issuer,
+        audience: this.options.audience,
+        algorithms: ACCESS_TOKEN_ALGORITHMS,
+        typ: 'at+jwt',
+        clockTolerance: CLOCK_SKEW_SECONDS,
+        requiredClaims: ['sub', 'client_id', 'exp', 'iat', 'jti'],
+      }));
+    } catch (error) {
+      throw invalidToken(describe(error));
+    }
+    const { sub, client_id: clientId, scope } = payload;
+    if (typeof sub !== 'string' || typeof clientId !== 'string' || (scope !== undefined && typeof scope !== 'string')) {
+      throw invalidToken('the token claims are malformed');
+    }
+    return {
+      // oidc-provider sets sub to the client id when no end user is involved (client_credentials).
+      kind: sub === clientId ? 'client' : 'user',
+      sub,
+      clientId,
+      scopes: new Set((scope ?? '').split(' ').filter(Boolean)),
+    };
+  }
+}
+
+/** A short reason for the client; never echoes the token. */
+function describe(error: unknown): string {
+  if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
+  if (error instanceof joseErrors.JWTClaimValidationFailed) return `the token's "${error.claim}" claim is not accepted here`;
+  if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token signature is not valid';
+  if (error instanceof joseErrors.JWKSNoMatchingKey) return 'the token was not signed by a key of this provider';
+  if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'the token is signed with an algorithm that is not accepted';
+  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JOSENotSupported) return 'the token could not be verified';
+  return 'the token is malformed';
+}
+
+const REALM = 'Bearer realm="documents"';
+
+export function invalidToken(reason: string): ApiProblem {
+  return new ApiProblem('invalid-token', 401, `The access token was rejected: ${reason}.`, {
+    headers: { 'WWW-Authenticate': `${REALM}, error="invalid_token", error_description="${reason}"` },
+  });
+}
+
+export function insufficientScope(scope: string): ApiProblem {
+  return new ApiProblem('insufficient-scope', 403, `This request needs the "${scope}" scope.`, {
+    headers: { 'WWW-Authenticate': `${REALM}, error="insufficient_scope", scope="${scope}"` },
+  });
+}
+
+const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/;
+
+/**
+ * Authenticates the request from its Authorization header and puts the caller on
+ * `ctx.state.caller`. Tokens in the query string or body are not accepted (they end up in logs).
+ */
+export function bearer(verifier: AccessTokenVerifier): Middleware {
+  return async (ctx, next) => {
+    const header = ctx.get('authorization');
+    if (!header) {
+      // RFC 6750 section 3.1: no error code when the request carried no credentials at all.
+      throw new ApiProblem('invalid-token', 401, 'This request needs a bearer access token for the documents API.', {
+        headers: { 'WWW-Authenticate': REALM },
+      });
+    }
+    const match = BEARER.exec(header);
+    if (!match) throw invalidToken('the Authorization header is not a Bearer token');
+    ctx.state.caller = await verifier.verify(match[1]!);
+    await next();
+  };
+}
+
+export function requireScope(caller: Caller, scope: string): void {
+  if (!caller.scopes.has(scope)) throw insufficientScope(scope);
+}
