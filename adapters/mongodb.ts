@@ -55,6 +55,30 @@ function isDuplicateKey(error: unknown): boolean {
   return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === DUPLICATE_KEY;
 }
 
+/**
+ * oidc-provider uses resource indicators (URLs) as object keys (a Grant's resources, an
+ * Interaction's prompt details). MongoDB refuses field names starting with "$" and FerretDB v1 also
+ * refuses "." in them, so payload keys are escaped reversibly on the way in and out:
+ * "%" -> "%25", "." -> "%2E", a leading "$" -> "%24". Ordinary keys pass through unchanged.
+ */
+const ESCAPES: Record<string, string> = { '%': '%25', '.': '%2E', $: '%24' };
+const UNESCAPES: Record<string, string> = { '%25': '%', '%2E': '.', '%24': '$' };
+const escapeKey = (key: string) => key.replace(/[%.]|^\$/g, (c) => ESCAPES[c]!);
+const unescapeKey = (key: string) => key.replace(/%(?:25|2E|24)/g, (c) => UNESCAPES[c]!);
+
+function mapKeys(value: unknown, rename: (key: string) => string): unknown {
+  if (Array.isArray(value)) return value.map((item) => mapKeys(item, rename));
+  if (value === null || typeof value !== 'object' || Object.getPrototypeOf(value) !== Object.prototype) return value;
+  const out: Record<string, unknown> = {};
+  for (const [key, item] of Object.entries(value)) out[rename(key)] = mapKeys(item, rename);
+  return out;
+}
+
+/** The stored form of a payload (see escapeKey). */
+export const storedPayload = (payload: AdapterPayload) => mapKeys(payload, escapeKey) as AdapterPayload;
+/** A payload as oidc-provider wrote it. */
+export const readPayload = (stored: AdapterPayload) => mapKeys(stored, unescapeKey) as AdapterPayload;
+
 function isLive(doc: ArtifactDocument | null): doc is ArtifactDocument {
   return doc !== null && (doc.expiresAt === undefined || doc.expiresAt.getTime() > Date.now());
 }
@@ -197,7 +221,7 @@ export class MongoAdapter implements Adapter {
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     this.cache?.forget(id);
-    const doc: ArtifactDocument = { _id: id, payload };
+    const doc: ArtifactDocument = { _id: id, payload: storedPayload(payload) };
     if (typeof expiresIn === 'number' && expiresIn > 0) {
       doc.expiresAt = new Date(Date.now() + expiresIn * 1000);
     }
@@ -241,7 +265,7 @@ export class MongoAdapter implements Adapter {
     const doc = pointer
       ? await this.collection.findOne({ _id: pointer.id })
       : await this.collection.findOne({ [`payload.${key}`]: value }); // written before pointers existed
-    return isLive(doc) && doc.payload[key] === value ? doc.payload : undefined;
+    return isLive(doc) && doc.payload[key] === value ? readPayload(doc.payload) : undefined;
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
@@ -249,7 +273,7 @@ export class MongoAdapter implements Adapter {
     const cached = this.cache?.get(id);
     if (cached) return cached.payload;
     const doc = await this.collection.findOne({ _id: id });
-    const payload = isLive(doc) ? doc.payload : undefined;
+    const payload = isLive(doc) ? readPayload(doc.payload) : undefined;
     this.cache?.set(id, payload);
     return payload;
   }

@@ -5,11 +5,20 @@
  * runs the provider as a separate process on loopback (NODE_ENV=test: plain-http cookies, production
  * code paths otherwise), seeds a client and a user,
  * and then drives it: autocannon for discovery, JWKS and client_credentials; a pool of concurrent
- * scripted browsers for complete authorization-code sign-ins (login + consent + token).
+ * scripted browsers for complete authorization-code sign-ins (login + consent + token); autocannon
+ * for the documents API under /api/v1 with a client_credentials JWT access token (seeded first with
+ * 200 documents of ~1 KB through the API): doc_get (GET one document by id), doc_list (GET a page of
+ * 20) and doc_create (POST a ~1 KB document), run in that order since creating grows the collection.
+ * Any non-2xx answer counts as an error. The documents rows carry their targets (>= 2,000, 800 and
+ * 500 req/s, p99 < 50 ms) in the table.
+ * When a documents scenario runs, the provider's stdout (its JSON log) goes to a file in the
+ * throwaway directory instead of being discarded, and the bench counts the 'fetching the provider
+ * key set' lines logged from the first API request (seeding included) to the end of the documents
+ * scenarios: the API verifies tokens against a cached JWKS, so this should be 1, not one per request.
  * Peak RSS is the server process's VmHWM. Options: BENCH_SECONDS (default 10), BENCH_CONNECTIONS
  * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_ONLY (comma-separated: discovery, jwks,
- * client_credentials, signin), BENCH_NODE_ARGS (node flags for the provider; default: the production heap
- * settings).
+ * client_credentials, signin, doc_get, doc_list, doc_create; default: all), BENCH_NODE_ARGS (node
+ * flags for the provider; default: the production heap settings).
  */
 import { spawn } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
@@ -29,10 +38,18 @@ const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const signinConcurrency = Number(process.env.BENCH_SIGNIN_CONCURRENCY ?? 8);
 /** The heap settings `npm start` and the Docker image use by default. */
 const PRODUCTION_NODE_ARGS = '--max-semi-space-size=4 --max-old-space-size=192';
-const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin').split(','));
+const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin,doc_get,doc_list,doc_create').split(','));
+const DOC_SCENARIOS = ['doc_get', 'doc_list', 'doc_create'] as const;
+const documentsSelected = DOC_SCENARIOS.some((name) => only.has(name));
+/** Documents the API holds for the bench client before the documents scenarios start. */
+const SEED_DOCUMENTS = 200;
+const SEED_CONCURRENCY = 4;
+/** The message the documents API logs whenever it fetches the provider's JWKS (src/documents/token.ts). */
+const JWKS_FETCH_MESSAGE = 'fetching the provider key set';
 const say = (m: string) => process.stderr.write(`[bench] ${m}\n`);
 
-interface Row { name: string; rps: number; p50: number; p99: number; errors: number; total: number }
+interface Target { rps: number; p99: number }
+interface Row { name: string; rps: number; p50: number; p99: number; errors: number; total: number; target?: Target }
 
 function percentile(sorted: number[], p: number): number {
   return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
@@ -43,10 +60,14 @@ function peakRssMb(pid: number): number {
   return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
 }
 
-async function cannon(name: string, options: autocannon.Options): Promise<Row> {
+async function cannon(name: string, options: autocannon.Options, target?: Target): Promise<Row> {
   const result = await autocannon({ connections, duration: seconds, ...options });
   const errors = result.errors + result.timeouts + result.non2xx;
-  return { name, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors, total: result.requests.total };
+  if (errors > 0) {
+    const statuses = Object.entries(result.statusCodeStats ?? {}).filter(([code]) => !code.startsWith('2')).map(([code, { count }]) => `${code} x${count}`);
+    say(`${name}: ${result.errors} errors, ${result.timeouts} timeouts, ${result.non2xx} non-2xx${statuses.length ? ` (${statuses.join(', ')})` : ''}`);
+  }
+  return { name, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors, total: result.requests.total, ...(target ? { target } : {}) };
 }
 
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'oidc-idp-bench-'));
@@ -67,9 +88,15 @@ const service = await seed.clients.create({ name: 'bench service', grantTypes: [
 const webApp = await seed.clients.create({ name: 'bench web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid email' });
 const password = 'benchmark password 1234';
 await seed.accounts.create({ email: 'bench@example.com', password });
+const docClient = await seed.clients.create({ name: 'bench documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' });
 await seed.close();
 
-const server = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? PRODUCTION_NODE_ARGS).split(' ').filter(Boolean), path.join(projectRoot(), 'src/server.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', 'ignore', 'inherit'] });
+// The provider's JSON log is discarded unless the documents scenarios need it (a file costs the
+// server no more than /dev/null, and this process reads it only once, after the server has exited).
+const serverLog = path.join(dir, 'provider.log');
+const serverStdout = documentsSelected ? fs.openSync(serverLog, 'w') : 'ignore';
+const server = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? PRODUCTION_NODE_ARGS).split(' ').filter(Boolean), path.join(projectRoot(), 'src/server.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', serverStdout, 'inherit'] });
+if (typeof serverStdout === 'number') fs.closeSync(serverStdout);
 for (let i = 0; ; i += 1) {
   try {
     if ((await fetch(`${issuer}/healthz`)).ok) break;
@@ -80,6 +107,9 @@ for (let i = 0; ; i += 1) {
 say(`provider pid ${server.pid} at ${issuer}; ${seconds}s per scenario, ${connections} connections`);
 
 const rows: Row[] = [];
+/** When the documents phase (token, seeding, scenarios) began and ended, in the log's epoch ms. */
+let documentsWindow: { from: number; to?: number } | undefined;
+let jwksFetches: number | undefined;
 try {
   if (only.has('discovery')) rows.push(await cannon('discovery', { url: `${issuer}/.well-known/openid-configuration` }));
   if (only.has('jwks')) rows.push(await cannon('JWKS', { url: `${issuer}/jwks` }));
@@ -93,13 +123,115 @@ try {
     body: 'grant_type=client_credentials',
   }));
   if (only.has('signin')) rows.push(await signIns());
+  if (documentsSelected) {
+    documentsWindow = { from: Date.now() };
+    const token = await documentsAccessToken();
+    const docId = await seedDocuments(token);
+    const bearer = { authorization: `Bearer ${token}` };
+    if (only.has('doc_get')) rows.push(await cannon('documents: GET by id', { url: `${issuer}/api/v1/documents/${docId}`, headers: bearer }, { rps: 2000, p99: 50 }));
+    if (only.has('doc_list')) rows.push(await cannon('documents: list (limit=20)', { url: `${issuer}/api/v1/documents?limit=20`, headers: bearer }, { rps: 800, p99: 50 }));
+    if (only.has('doc_create')) rows.push(await cannon('documents: create (~1 KB)', {
+      url: `${issuer}/api/v1/documents`,
+      method: 'POST',
+      headers: { ...bearer, 'content-type': 'application/json' },
+      body: JSON.stringify(documentBody('bench create')),
+    }, { rps: 500, p99: 50 }));
+    documentsWindow.to = Date.now();
+  }
 } finally {
   const rss = peakRssMb(server.pid!);
   server.kill('SIGTERM');
   await new Promise((r) => server.once('exit', r));
   await Promise.allSettled(started.map((s) => s.stop()));
+  if (documentsWindow) jwksFetches = countJwksFetches(serverLog, documentsWindow.from, documentsWindow.to ?? Date.now());
   fs.rmSync(dir, { recursive: true, force: true });
-  print(rows, rss);
+  print(rows, rss, jwksFetches);
+}
+
+/** RFC 6749 section 2.3.1: client id and secret are form-urlencoded before HTTP Basic. */
+function basicAuth(id: string, secret: string): string {
+  const encode = (value: string) => new URLSearchParams({ v: value }).toString().slice(2);
+  return `Basic ${Buffer.from(`${encode(id)}:${encode(secret)}`).toString('base64')}`;
+}
+
+/** A client_credentials JWT access token for the documents API (the default resource for its scopes). */
+async function documentsAccessToken(): Promise<string> {
+  const response = await fetch(`${issuer}/token`, {
+    method: 'POST',
+    headers: { authorization: basicAuth(docClient.client_id, docClient.client_secret!), 'content-type': 'application/x-www-form-urlencoded' },
+    body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'documents:read documents:write' }),
+  });
+  const text = await response.text();
+  if (response.status !== 200) throw new Error(`documents access token: token endpoint answered ${response.status}: ${text.slice(0, 300)}`);
+  const token = (JSON.parse(text) as { access_token?: unknown }).access_token;
+  if (typeof token !== 'string' || token.split('.').length !== 3) {
+    throw new Error(`documents access token: expected a JWT access token, got ${typeof token === 'string' ? `an opaque token of ${token.length} characters` : text.slice(0, 300)}`);
+  }
+  return token;
+}
+
+/** A document of ~1 KB of content and two tags. */
+function documentBody(title: string) {
+  const sentence = 'The quick brown fox jumps over the lazy dog while the benchmark measures the documents API. ';
+  return { title, content: sentence.repeat(Math.ceil(1024 / sentence.length)).slice(0, 1024), tags: ['bench', 'load-test'] };
+}
+
+/** Creates SEED_DOCUMENTS documents through the API; returns the id of one of them. */
+async function seedDocuments(token: string): Promise<string> {
+  let next = 0;
+  let kept: string | undefined;
+  await Promise.all(Array.from({ length: SEED_CONCURRENCY }, async () => {
+    while (next < SEED_DOCUMENTS) {
+      const n = next++;
+      const response = await fetch(`${issuer}/api/v1/documents`, {
+        method: 'POST',
+        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+        body: JSON.stringify(documentBody(`bench seed ${n}`)),
+      });
+      const text = await response.text();
+      if (response.status !== 201) throw new Error(`seeding documents: POST /api/v1/documents answered ${response.status}: ${text.slice(0, 300)}`);
+      const { id } = JSON.parse(text) as { id?: unknown };
+      if (typeof id !== 'string') throw new Error(`seeding documents: the answer has no id: ${text.slice(0, 300)}`);
+      kept ??= id;
+    }
+  }));
+  const check = await fetch(`${issuer}/api/v1/documents/${kept}`, { headers: { authorization: `Bearer ${token}` } });
+  if (check.status !== 200) throw new Error(`seeding documents: GET of a seeded document answered ${check.status}`);
+  say(`seeded ${SEED_DOCUMENTS} documents`);
+  return kept!;
+}
+
+/**
+ * How many JWKS fetches the provider logged between two instants; also reports (on stderr) the
+ * first few errors it logged in that window, which would otherwise go unseen.
+ */
+function countJwksFetches(file: string, from: number, to: number): number | undefined {
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch {
+    return undefined;
+  }
+  let fetches = 0;
+  let failures = 0;
+  for (let start = 0; start < text.length;) {
+    const end = text.indexOf('\n', start);
+    const line = text.slice(start, end === -1 ? text.length : end);
+    start = end === -1 ? text.length : end + 1;
+    const interesting = line.includes(JWKS_FETCH_MESSAGE) || /"level":(5|6)0\b/.test(line);
+    if (!interesting) continue;
+    let entry: { level?: number; time?: number; msg?: string };
+    try {
+      entry = JSON.parse(line) as typeof entry;
+    } catch {
+      continue;
+    }
+    if (typeof entry.time !== 'number' || entry.time < from || entry.time > to) continue;
+    if (entry.msg === JWKS_FETCH_MESSAGE) fetches += 1;
+    if ((entry.level ?? 0) >= 50 && (failures += 1) <= 3) say(`provider logged an error: ${line.slice(0, 500)}`);
+  }
+  if (failures > 3) say(`provider logged ${failures} errors during the documents scenarios`);
+  return fetches;
 }
 
 /** One complete sign-in: authorize, login page, password, consent, code for tokens. */
@@ -152,12 +284,19 @@ async function signIns(): Promise<Row> {
   return { name: `complete sign-ins (x${signinConcurrency})`, rps: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, total: latencies.length };
 }
 
-function print(result: Row[], rss: number): void {
+function targetCell(r: Row): string {
+  if (!r.target) return '';
+  const met = r.rps >= r.target.rps && r.p99 < r.target.p99 && r.errors === 0;
+  return `>= ${r.target.rps.toLocaleString('en-US')} req/s, p99 < ${r.target.p99} ms: ${met ? 'met' : 'missed'}`;
+}
+
+function print(result: Row[], rss: number, jwksFetchCount: number | undefined): void {
   const lines = [
-    `| scenario | req/s | p50 ms | p99 ms | completed | errors |`,
-    `|---|---:|---:|---:|---:|---:|`,
-    ...result.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.total} | ${r.errors} |`),
+    `| scenario | req/s | p50 ms | p99 ms | completed | errors | target |`,
+    `|---|---:|---:|---:|---:|---:|---|`,
+    ...result.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.total} | ${r.errors} | ${targetCell(r)} |`),
     '',
+    ...(documentsSelected ? [`JWKS fetches during documents scenarios: ${jwksFetchCount ?? 'unknown (the provider log could not be read)'}`] : []),
     `Peak RSS of the provider process: ${rss.toFixed(0)} MB`,
     `Node ${process.version}, ${os.cpus().length} cores, database: ${process.env.MONGODB_URI ? 'MONGODB_URI' : 'local throwaway server'}`,
   ];

@@ -17,7 +17,7 @@ import { etagOf, presentDocument, presentShare, presentSummary } from './present
 import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
 } from './schema.ts';
-import { tooLarge, type DocumentService } from './service.ts';
+import { ifNoneMatchSatisfied, tooLarge, type DocumentService } from './service.ts';
 import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
 
 export interface DocumentsApiDeps {
@@ -82,7 +82,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
         const http = error as { status?: number; expose?: boolean };
         if (http.expose && http.status === 413) problem = new ApiProblem('payload-too-large', 413, 'The request body is too large.');
         else if (http.expose && http.status === 415) problem = new ApiProblem('unsupported-media-type', 415, 'Send the request body as application/json.');
-        else if (http.expose && http.status && http.status < 500) problem = new ApiProblem('bad-request', 400, 'The request body is not valid JSON.');
+        // co-body reports unparseable JSON (and "__proto__" keys, which it refuses) as a SyntaxError.
+        else if (error instanceof SyntaxError || (http.status && http.status < 500)) problem = new ApiProblem('bad-request', 400, 'The request body is not valid JSON.');
         else {
           logger.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'documents API request failed');
           problem = new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
@@ -90,6 +91,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       }
       ctx.status = problem.status;
       ctx.set(problem.headers);
+      // The client may still be sending the rest of a refused body: do not reuse the connection.
+      if (problem.status === 413) ctx.set('Connection', 'close');
       ctx.set('Cache-Control', 'no-store');
       ctx.type = 'application/problem+json';
       ctx.body = problem.body();
@@ -137,10 +140,12 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     requireScope(caller(ctx), READ);
     validate(noQuery, ctx.query, 'query');
     const { doc, access } = await documents.get(caller(ctx), validate(documentId, ctx.params.id, 'path'));
-    ctx.status = 200;
-    ctx.set('ETag', etagOf(doc));
+    const etag = etagOf(doc);
+    ctx.set('ETag', etag);
     ctx.set('Cache-Control', 'private, no-cache');
-    if (ctx.fresh) {
+    // RFC 9110 13.1.2, evaluated here rather than with ctx.fresh: Koa's check also honours a
+    // request's Cache-Control: no-cache, which fetch() adds to every conditional request.
+    if (ifNoneMatchSatisfied(ctx.get('if-none-match'), etag)) {
       ctx.status = 304;
       return;
     }
@@ -261,5 +266,6 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       notImplemented: () => new ApiProblem('method-not-allowed', 405, 'This method is not supported.'),
     }),
   ] as Middleware[]);
-  return (ctx, next) => (ctx.path === '/api' || ctx.path.startsWith('/api/') ? api(ctx, next) : next());
+  // Nothing under /api falls through to the provider: what the API does not serve is a 404 here.
+  return (ctx, next) => (ctx.path === '/api' || ctx.path.startsWith('/api/') ? api(ctx) : next());
 }

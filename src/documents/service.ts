@@ -6,7 +6,7 @@
  * A writer that loses re-reads and tries again (or gets 412 when it sent If-Match).
  */
 import { createHash, randomUUID } from 'node:crypto';
-import { Transform, type Readable } from 'node:stream';
+import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import type { AccountService } from '../accounts/service.ts';
@@ -62,6 +62,27 @@ function isDuplicateKey(error: unknown): boolean {
 export function ifMatchSatisfied(header: string, etag: string): boolean {
   if (header.trim() === '*') return true;
   return header.split(',').map((tag) => tag.trim()).includes(etag);
+}
+
+/** RFC 9110 If-None-Match for GET: true (answer 304) when a listed tag matches, weakly. */
+export function ifNoneMatchSatisfied(header: string, etag: string): boolean {
+  if (!header) return false;
+  if (header.trim() === '*') return true;
+  const opaque = (tag: string) => tag.trim().replace(/^W\//, '');
+  return header.split(',').map(opaque).includes(opaque(etag));
+}
+
+/**
+ * The request body behind a stream that pipeline() may destroy (at the size limit) without
+ * destroying the request itself, so the connection survives long enough to answer 413.
+ */
+function detachable(source: Readable): Readable {
+  const pass = new PassThrough();
+  source.once('error', (error) => pass.destroy(error));
+  source.once('close', () => {
+    if (!source.readableEnded) pass.destroy(new Error('the upload was interrupted'));
+  });
+  return source.pipe(pass);
 }
 
 const forbidden = (action: Action) =>
@@ -188,7 +209,7 @@ export class DocumentService {
     });
     const stream = this.files.openUploadStream(upload.filename, { metadata: { documentId: id, contentType: upload.contentType } });
     try {
-      await pipeline(upload.body, meter, stream);
+      await pipeline(detachable(upload.body), meter, stream);
     } catch (error) {
       await stream.abort().catch(() => undefined);
       throw error;
@@ -260,9 +281,9 @@ export class DocumentService {
 
   /** Turns pending shares for this email into shares with the new account. */
   async claimPendingShares(email: string, accountId: string): Promise<number> {
-    const docs = await this.documents
-      .find({ shares: { $elemMatch: { email, pending: true } } }, { projection: { _id: 1 } })
-      .toArray();
+    // Matched on shares.email, then filtered here: FerretDB v1 has no $elemMatch on fields.
+    const candidates = await this.documents.find({ 'shares.email': email }, { projection: { _id: 1, shares: 1 } }).toArray();
+    const docs = candidates.filter((doc) => doc.shares.some((s) => s.pending && s.email === email));
     for (const { _id } of docs) {
       await this.change(SYSTEM, _id, 'share', undefined, (doc) => {
         const shares = doc.shares.map((s) => (s.pending && s.email === email ? { ...s, userId: accountId, pending: false } : s));

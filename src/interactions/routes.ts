@@ -13,7 +13,7 @@ import type { AccountService } from '../accounts/service.ts';
 import { PASSWORD_MAX_LENGTH } from '../accounts/password.ts';
 import { AppError } from '../http/errors.ts';
 import type { Logger } from '../observability/logger.ts';
-import { SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
+import { isDocumentsScope, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
 
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
@@ -79,7 +79,10 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
 
     const client = await provider.Client.find(String(params.client_id));
     const details = prompt.details as { missingOIDCScope?: string[]; missingResourceScopes?: Record<string, string[]> };
-    const scopes = [...new Set([...(details.missingOIDCScope ?? []), ...Object.values(details.missingResourceScopes ?? {}).flat()])];
+    // The documents scopes also count as OIDC scopes to oidc-provider; only those the API will
+    // actually grant (its resource scopes) are shown, so nobody is asked for documents:admin in vain.
+    const oidcScopes = (details.missingOIDCScope ?? []).filter((scope) => !isDocumentsScope(scope));
+    const scopes = [...new Set([...oidcScopes, ...Object.values(details.missingResourceScopes ?? {}).flat()])];
     await ctx.render('consent', {
       title: 'Allow access',
       uid,

@@ -16,11 +16,13 @@ export function requestLog(logger: Logger): Middleware {
     const requestId = INCOMING_ID.test(incoming) ? incoming : randomUUID();
     ctx.state.requestId = requestId;
     ctx.set('X-Request-Id', requestId);
+    // Read now: once a client has gone away the socket no longer has an address.
+    const ip = ctx.ip;
     try {
       await next();
     } finally {
       logger.info({
-        requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started), ip: ctx.ip,
+        requestId, method: ctx.method, path: ctx.path, status: ctx.status, ms: Math.round(performance.now() - started), ip,
       }, 'request');
     }
   };

@@ -5,7 +5,7 @@
  */
 import { randomBytes } from 'node:crypto';
 import type { Provider, ClientMetadata } from 'oidc-provider';
-import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import { readPayload, type ArtifactStore } from '../../adapters/mongodb.ts';
 import { AppError } from '../http/errors.ts';
 import { DOCUMENTS_SCOPES, SCOPES } from './provider.ts';
 
@@ -119,7 +119,7 @@ export class ClientService {
   async list(): Promise<Omit<StoredClient, 'client_secret'>[]> {
     const docs = await this.store.collection('Client').find().sort({ 'payload.client_id_issued_at': 1 }).toArray();
     return docs.map(({ payload }) => {
-      const { client_secret: _secret, ...rest } = payload as StoredClient;
+      const { client_secret: _secret, ...rest } = readPayload(payload) as StoredClient;
       return rest;
     });
   }

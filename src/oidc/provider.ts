@@ -42,7 +42,7 @@ export interface ProviderDeps {
   logger: Logger;
 }
 
-const isDocumentsScope = (scope: string) => (DOCUMENTS_SCOPES as readonly string[]).includes(scope);
+export const isDocumentsScope = (scope: string) => (DOCUMENTS_SCOPES as readonly string[]).includes(scope);
 
 /**
  * The documents API scopes this request may obtain: those the client is registered for, minus
@@ -76,7 +76,10 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     jwks,
     findAccount: (_ctx, id) => accounts.findAccount(id),
     cookies: { keys: [...cookieKeys], long: cookie, short: cookie },
-    scopes: [...SCOPES],
+    // The API's scopes are listed too: oidc-provider only lets a client register (and request)
+    // scopes from this list. Which of them a token actually carries is decided per resource by
+    // getResourceServerInfo below.
+    scopes: [...SCOPES, ...DOCUMENTS_SCOPES],
     claims: {
       openid: ['sub'],
       profile: ['name', 'updated_at'],
