@@ -1,5 +1,5 @@
 /**
- * The admin CLI (scripts/client.ts, scripts/user.ts) run as real child processes against a real
+ * The admin CLI (scripts/client.ts, user.ts, audit.ts) run as real child processes against a real
  * database, and checked through the same services the server uses: what the CLI writes is what
  * the provider and the sign-in code read.
  */
@@ -19,7 +19,9 @@ const env: NodeJS.ProcessEnv = { ...process.env, MONGODB_URI: mongoUri, REDIS_UR
 
 interface Result { code: number; stdout: string; stderr: string }
 
-async function cli(script: 'client' | 'user', ...args: string[]): Promise<Result> {
+type Script = 'client' | 'user' | 'audit';
+
+async function cli(script: Script, ...args: string[]): Promise<Result> {
   try {
     const { stdout, stderr } = await run('node', [`scripts/${script}.ts`, ...args], { cwd: root, env, timeout: 30_000 });
     return { code: 0, stdout, stderr };
@@ -31,13 +33,13 @@ async function cli(script: 'client' | 'user', ...args: string[]): Promise<Result
 }
 
 /** A successful call: exit 0, exactly one JSON document on stdout, no log lines on stderr. */
-async function ok<T = Record<string, unknown>>(script: 'client' | 'user', ...args: string[]): Promise<T> {
+async function ok<T = Record<string, unknown>>(script: Script, ...args: string[]): Promise<T> {
   const result = await cli(script, ...args);
   expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
   return JSON.parse(result.stdout) as T;
 }
 
-async function fails(script: 'client' | 'user', ...args: string[]): Promise<Result> {
+async function fails(script: Script, ...args: string[]): Promise<Result> {
   const result = await cli(script, ...args);
   expect(result.code).not.toBe(0);
   expect(result.stdout).toBe('');
@@ -46,7 +48,7 @@ async function fails(script: 'client' | 'user', ...args: string[]): Promise<Resu
 }
 
 /** Usage errors: non-zero, the usage text on stderr, nothing on stdout. */
-async function usage(script: 'client' | 'user', ...args: string[]): Promise<Result> {
+async function usage(script: Script, ...args: string[]): Promise<Result> {
   const result = await fails(script, ...args);
   expect(result.code).toBe(64); // EX_USAGE
   expect(result.stderr).toContain(`usage: npm run -s ${script} -- <command>`);
@@ -196,5 +198,37 @@ describe('user', () => {
     expect(code).toBe(0);
     expect(await services.accounts.authenticate(email, 'typed into stdin, not argv')).toBe(account.id);
     await usage('user', 'set-password', email, '--password', 'x'.repeat(20), '--password-stdin');
+  });
+});
+
+describe('audit', () => {
+  test('tail prints the latest events as JSON lines, oldest first, filtered by actor and time', async () => {
+    const base = { actor: { sub: null, clientId: 'c1' }, target: null, ip: '127.0.0.1', requestId: null } as const;
+    await services.audit.record({ ...base, action: 'document.create', outcome: 'success', actor: { sub: 'alice', clientId: 'c1' } });
+    await services.audit.record({ ...base, action: 'document.read', outcome: 'denied', reason: 'not-found', actor: { sub: 'mallory', clientId: 'c2' } });
+    const cutoff = new Date();
+    await new Promise((resolve) => setTimeout(resolve, 5));
+    await services.audit.record({ ...base, action: 'document.delete', outcome: 'success', actor: { sub: 'alice', clientId: 'c1' } });
+
+    const lines = async (...args: string[]) => {
+      const result = await cli('audit', 'tail', ...args);
+      expect({ code: result.code, stderr: result.stderr }).toEqual({ code: 0, stderr: '' });
+      return result.stdout.trim().split('\n').filter(Boolean).map((line) => JSON.parse(line) as Record<string, any>);
+    };
+    const all = await lines();
+    expect(all.map((e) => e.action)).toEqual(['document.create', 'document.read', 'document.delete']);
+    expect(all[1]).toMatchObject({ outcome: 'denied', reason: 'not-found', actor: { sub: 'mallory', clientId: 'c2' }, ip: '127.0.0.1' });
+    expect(new Date(all[0]!.at).toISOString()).toBe(all[0]!.at);
+    expect((await lines('--actor', 'alice')).map((e) => e.action)).toEqual(['document.create', 'document.delete']);
+    expect((await lines('--since', cutoff.toISOString())).map((e) => e.action)).toEqual(['document.delete']);
+    expect((await lines('--limit', '1')).map((e) => e.action)).toEqual(['document.delete']);
+  });
+
+  test('bad arguments are usage errors', async () => {
+    for (const args of [[], ['head'], ['tail', '--since', 'yesterday'], ['tail', '--limit', '0'], ['tail', '--actor', '{"$ne":1}']]) {
+      const result = await fails('audit', ...args);
+      expect(result.code).toBe(64);
+      expect(result.stderr).toContain('usage: npm run -s audit -- tail');
+    }
   });
 });

@@ -69,6 +69,29 @@ describe('defaults', () => {
   });
 });
 
+describe('documents API settings', () => {
+  test('default to the issuer: audience <issuer>/api, keys from the issuer JWKS, 10 MiB, no CORS', () => {
+    const config = loadConfig({ ISSUER: 'http://localhost:4000', PORT: '4000' });
+    expect(config.documents).toMatchObject({
+      audience: 'http://localhost:4000/api', jwksUri: 'http://localhost:4000/jwks', maxFileBytes: 10 * 1024 * 1024, corsOrigins: [],
+    });
+    expect(config.documents.fileTypes).toContain('application/pdf');
+    expect(config.documents.fileTypes).not.toContain('text/html');
+  });
+
+  test('explicit values are parsed', () => {
+    const config = loadConfig({
+      DOCUMENTS_API_AUDIENCE: 'https://docs.example.com', DOCUMENTS_API_JWKS_URI: 'http://127.0.0.1:3000/jwks',
+      DOCUMENTS_MAX_FILE_BYTES: '1024', DOCUMENTS_FILE_TYPES: 'Image/PNG, text/plain',
+      DOCUMENTS_API_CORS_ORIGINS: 'https://app.example.com, http://localhost:5173',
+    });
+    expect(config.documents).toEqual({
+      audience: 'https://docs.example.com', jwksUri: 'http://127.0.0.1:3000/jwks', maxFileBytes: 1024,
+      fileTypes: ['image/png', 'text/plain'], corsOrigins: ['https://app.example.com', 'http://localhost:5173'],
+    });
+  });
+});
+
 describe('malformed values', () => {
   test.each<[string, string]>([
     ['PORT', 'abc'],
@@ -85,6 +108,13 @@ describe('malformed values', () => {
     ['OIDC_JWKS', JSON.stringify({ keys: [{ kty: 'RSA', n: 'n', e: 'AQAB', d: 'd' }] })],
     ['TTL_AUTHORIZATION_CODE', '120'],
     ['ARGON2_MEMORY_KIB', '1024'],
+    ['DOCUMENTS_API_AUDIENCE', 'documents'],
+    ['DOCUMENTS_API_AUDIENCE', 'https://api.example.com/#x'],
+    ['DOCUMENTS_API_JWKS_URI', 'ftp://keys'],
+    ['DOCUMENTS_MAX_FILE_BYTES', '0'],
+    ['DOCUMENTS_FILE_TYPES', 'application/pdf,not a type'],
+    ['DOCUMENTS_API_CORS_ORIGINS', 'https://app.example.com/path'],
+    ['DOCUMENTS_API_CORS_ORIGINS', '*'],
   ])('%s=%s is reported on one line naming the variable', (variable, value) => {
     const error = configError({ [variable]: value });
     expect(error.problems).toHaveLength(1);

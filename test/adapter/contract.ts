@@ -52,6 +52,20 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
         expect(await adapter.find(key)).toEqual({ jti: key, kind: 'Grant', accountId: 'new' });
       });
 
+      test('keys that MongoDB or FerretDB refuse (resource URLs with ".", a leading "$") round-trip unchanged', async () => {
+        const adapter = store.adapterFor('Grant');
+        const key = id();
+        const payload: AdapterPayload = {
+          jti: key, kind: 'Grant', accountId: 'acc',
+          resources: { 'https://api.example.com/v1': 'documents:read', 'urn:x%2Ey': 'a' },
+          odd: { $where: { 'a.b': ['%2E', { '$x.%': 1 }] } },
+        };
+        await adapter.upsert(key, payload, 60);
+        expect(await adapter.find(key)).toEqual(payload);
+        const stored = await store.collection('Grant').findOne({ _id: key });
+        expect(JSON.stringify(stored!.payload)).not.toMatch(/"[^"]*\.[^"]*":|"\$/);
+      });
+
       test('find of a missing id is undefined', async () => {
         expect(await store.adapterFor('AccessToken').find(id())).toBeUndefined();
       });
