@@ -7,6 +7,7 @@ const USAGE = `usage: npm run -s user -- <command>
   disable ID|EMAIL
   enable ID|EMAIL
   set-password ID|EMAIL (--password P | --password-stdin)
+  set-roles ID|EMAIL [--role R ...]      (no --role removes every role)
 --password-stdin reads the password from standard input, keeping it out of the process list,
 shell history and npm's logs.`;
 
@@ -60,6 +61,11 @@ await runCli(USAGE, async ([command, ...rest], open) => {
       const { values, positionals } = parse(rest, passwordOptions);
       const id = oneId(positionals);
       print(await (await open()).accounts.setPassword(id, await readPassword(values)));
+      return;
+    }
+    case 'set-roles': {
+      const { values, positionals } = parse(rest, { role: { type: 'string', multiple: true } });
+      print(await (await open()).accounts.setRoles(oneId(positionals), values.role ?? []));
       return;
     }
     default:

@@ -188,6 +188,20 @@ describe('user', () => {
     expect(await services.accounts.authenticate(email, 'a long enough password')).toBeUndefined();
   });
 
+  test('set-roles replaces the roles; taking one away signs the account out everywhere', async () => {
+    expect(await ok<Account>('user', 'set-roles', email, '--role', 'admin', '--role', 'editor')).toMatchObject({ roles: ['admin', 'editor'] });
+    expect(await services.accounts.hasRole(account.id, 'admin')).toBe(true);
+    const grants = services.store.collection('Grant');
+    await services.store.adapterFor('Grant').upsert('grant-of-grace', { jti: 'grant-of-grace', kind: 'Grant', accountId: account.id }, 600);
+    expect(await ok<Account>('user', 'set-roles', account.id, '--role', 'admin', '--role', 'editor', '--role', 'viewer')).toMatchObject({ roles: ['admin', 'editor', 'viewer'] });
+    expect(await grants.countDocuments({ _id: 'grant-of-grace' })).toBe(1); // only added: nothing revoked
+    expect(await ok<Account>('user', 'set-roles', account.id)).toMatchObject({ roles: [] });
+    expect(await services.accounts.hasRole(account.id, 'admin')).toBe(false);
+    expect(await grants.countDocuments({ _id: 'grant-of-grace' })).toBe(0);
+    await fails('user', 'set-roles', account.id, '--role', 'Not A Role');
+    expect(await services.accounts.hasRole(account.id, 'admin')).toBe(false);
+  });
+
   test('--password-stdin takes the password from standard input instead of the command line', async () => {
     const child = execFile('node', ['scripts/user.ts', 'set-password', email, '--password-stdin'], { cwd: root, env, timeout: 30_000 });
     child.stdin!.end('typed into stdin, not argv\n');

@@ -552,6 +552,15 @@ describe('CORS and the OpenAPI document', () => {
     expect(page.headers.get('access-control-allow-origin')).toBeNull();
   });
 
+  test('RFC 9728 protected resource metadata names the resource, its provider and scopes', async () => {
+    const response = await fetch(`${server.issuer}/.well-known/oauth-protected-resource/api`);
+    expect(response.status).toBe(200);
+    expect(await response.json()).toMatchObject({
+      resource: audience, authorization_servers: [server.issuer], bearer_methods_supported: ['header'],
+      scopes_supported: ['documents:read', 'documents:write', 'documents:admin'],
+    });
+  });
+
   test('the OpenAPI document is valid OpenAPI 3.1', async () => {
     const validator = new Validator();
     const result = await validator.validate(api.spec as Parameters<Validator["validate"]>[0]);

@@ -44,6 +44,13 @@ function view(record: AccountRecord): AccountView {
   };
 }
 
+function validRoles(roles: readonly string[]): string[] {
+  const unique = [...new Set(roles)];
+  const badRole = unique.find((r) => !ROLE.test(r));
+  if (badRole !== undefined) throw new AppError('invalid_role', `role "${badRole}" must match ${ROLE.source}`);
+  return unique;
+}
+
 function isDuplicateKey(error: unknown): boolean {
   return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 11000;
 }
@@ -81,9 +88,7 @@ export class AccountService {
     const email = normalizeEmail(input.email);
     if (!EMAIL.test(email) || email.length > 254) throw new AppError('invalid_email', 'email is not a valid address');
     this.validatePassword(input.password);
-    const roles = [...new Set(input.roles ?? [])];
-    const badRole = roles.find((r) => !ROLE.test(r));
-    if (badRole !== undefined) throw new AppError('invalid_role', `role "${badRole}" must match ${ROLE.source}`);
+    const roles = validRoles(input.roles ?? []);
     const passwordHash = await this.hasher.hash(input.password);
     try {
       const record = await this.accounts.create({
@@ -154,6 +159,18 @@ export class AccountService {
   async hasRole(id: string, role: string): Promise<boolean> {
     const record = await this.accounts.findOne({ _id: id, disabled: false }, { roles: 1 }).lean();
     return record?.roles.includes(role) ?? false;
+  }
+
+  /**
+   * Replaces the account's roles. Taking a role away also signs the account out everywhere, so
+   * nothing issued while it held the role (a documents:admin grant, say) can be refreshed.
+   */
+  async setRoles(idOrEmail: string, roles: readonly string[]): Promise<AccountView> {
+    const current = await this.require(idOrEmail);
+    const next = validRoles(roles);
+    await this.accounts.updateOne({ _id: current.id }, { roles: next });
+    if (current.roles.some((role) => !next.includes(role))) await this.signOutEverywhere(current.id);
+    return this.require(current.id);
   }
 
   /** oidc-provider's findAccount: disabled accounts are invisible, which also stops their refresh tokens. */

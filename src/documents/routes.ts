@@ -18,7 +18,7 @@ import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
 } from './schema.ts';
 import { ifNoneMatchSatisfied, tooLarge, type DocumentService } from './service.ts';
-import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
+import { ACCESS_TOKEN_ALGORITHMS, bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
 
 export interface DocumentsApiDeps {
   documents: DocumentService;
@@ -266,6 +266,30 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       notImplemented: () => new ApiProblem('method-not-allowed', 405, 'This method is not supported.'),
     }),
   ] as Middleware[]);
+  // RFC 9728 protected resource metadata, served where clients look for it: the resource
+  // identifier's path appended to /.well-known/oauth-protected-resource on the same host.
+  const audience = new URL(config.documents.audience);
+  const metadataPath = audience.origin === new URL(config.issuer).origin
+    ? `/.well-known/oauth-protected-resource${audience.pathname === '/' ? '' : audience.pathname}`
+    : undefined;
+  const metadata = JSON.stringify({
+    resource: config.documents.audience,
+    authorization_servers: [config.issuer],
+    scopes_supported: ['documents:read', 'documents:write', 'documents:admin'],
+    bearer_methods_supported: ['header'],
+    resource_signing_alg_values_supported: ACCESS_TOKEN_ALGORITHMS,
+    resource_documentation: `${config.issuer}/api/openapi.json`,
+  });
+
   // Nothing under /api falls through to the provider: what the API does not serve is a 404 here.
-  return (ctx, next) => (ctx.path === '/api' || ctx.path.startsWith('/api/') ? api(ctx) : next());
+  return async (ctx, next) => {
+    if (ctx.path === '/api' || ctx.path.startsWith('/api/')) return api(ctx);
+    if (ctx.path === metadataPath && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
+      ctx.set({ 'Cache-Control': 'public, max-age=300', 'Access-Control-Allow-Origin': '*' });
+      ctx.type = 'application/json';
+      ctx.body = metadata;
+      return undefined;
+    }
+    return next();
+  };
 }
