@@ -29,6 +29,8 @@ export interface Config {
   readonly dataDir: string;
   readonly pkceRequiredForConfidentialClients: boolean;
   readonly sweepIntervalSeconds: number;
+  /** How often each instance re-reads JWT access-token revocations (seconds). */
+  readonly revocationRefreshSeconds: number;
   /** How long an instance may use client metadata it has read (0: always read). */
   readonly clientCacheSeconds: number;
   readonly ttl: {
@@ -253,6 +255,7 @@ export function loadConfig(env: Env): Config {
     pkceRequiredForConfidentialClients: r.bool('PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS', true),
     sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
     clientCacheSeconds: r.int('CLIENT_CACHE_SECONDS', 10, 0, 300),
+    revocationRefreshSeconds: r.int('REVOCATION_REFRESH_SECONDS', 5, 1, 300),
     ttl: {
       accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, day),
       authorizationCode: r.int('TTL_AUTHORIZATION_CODE', 60, 10, 60),

@@ -18,6 +18,7 @@ import { ensureDevMongo } from './local/services.ts';
 import type { Logger } from './observability/logger.ts';
 import { ClientService } from './oidc/clients.ts';
 import { loadSigningKeys } from './oidc/keys.ts';
+import { TokenRevocations } from './oidc/revocations.ts';
 import { createProvider } from './oidc/provider.ts';
 import type { Provider } from 'oidc-provider';
 
@@ -34,6 +35,7 @@ export interface Services {
   readonly audit: AuditLog;
   /** Verifies the documents API's access tokens (keys cached from the provider's JWKS). */
   readonly tokenVerifier: AccessTokenVerifier;
+  readonly revocations: TokenRevocations;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
   /** Closes connections and timers; safe to call once. */
@@ -73,6 +75,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
   const connection = await connectMongo(config, logger);
   let redis: Redis | undefined;
   let stopSweeper = () => {};
+  let stopRevocations = () => {};
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
@@ -83,7 +86,12 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       logger.error({ err: error }, 'sweeping expired artifacts failed'));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
 
-    const accounts = new AccountService(connection, new PasswordHasher(config.argon2), (id) => store.revokeAccount(id));
+    const revocations = new TokenRevocations(connection, config.ttl.accessToken, logger);
+    await revocations.ensureIndexes();
+    stopRevocations = await revocations.start(config.revocationRefreshSeconds);
+    const accounts = new AccountService(connection, new PasswordHasher(config.argon2), async (id) => {
+      await Promise.all([store.revokeAccount(id), revocations.revoke('account', id)]);
+    });
     await accounts.ensureIndexes();
     const audit = new AuditLog(connection, logger);
     await audit.ensureIndexes();
@@ -95,7 +103,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
         .catch((error: unknown) => logger.error({ err: error, accountId: account.id }, 'resolving pending document shares failed'));
     });
     const tokenVerifier = new AccessTokenVerifier({
-      issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, logger,
+      issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, revocations, logger,
     });
 
     const jwks = await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: !config.isProduction });
@@ -105,20 +113,22 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       cookieKeys = [randomBytes(32).toString('base64url')];
     }
     const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger });
-    const clients = new ClientService(store, provider);
+    const clients = new ClientService(store, provider, revocations);
 
     let closed = false;
     return {
-      config, logger, connection, redis, store, accounts, provider, clients, documents, audit, tokenVerifier, cookieKeys,
+      config, logger, connection, redis, store, accounts, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
       async close() {
         if (closed) return;
         closed = true;
         stopSweeper();
+        stopRevocations();
         await Promise.allSettled([connection.close(), redis?.disconnect()]);
       },
     };
   } catch (error) {
     stopSweeper();
+    stopRevocations();
     await Promise.allSettled([connection.close(), redis?.disconnect()]);
     throw error;
   }

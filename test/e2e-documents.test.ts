@@ -11,6 +11,8 @@ import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 import { loadSigningKeys } from '../src/oidc/keys.ts';
+import { TokenRevocations } from '../src/oidc/revocations.ts';
+import { createLogger } from '../src/observability/logger.ts';
 
 const MAX_FILE_BYTES = 64 * 1024;
 const APP_ORIGIN = 'http://app.example.test';
@@ -60,6 +62,7 @@ beforeAll(async () => {
   server = await startTestServer({
     DOCUMENTS_MAX_FILE_BYTES: String(MAX_FILE_BYTES),
     DOCUMENTS_API_CORS_ORIGINS: APP_ORIGIN,
+    REVOCATION_REFRESH_SECONDS: '1',
   });
   audience = server.services.config.documents.audience;
   api = await ApiClient.connect(server);
@@ -420,6 +423,49 @@ describe('sharing', () => {
     expect((await api.request<Doc>('GET', `/documents/${doc.id}`, { token })).body.access).toBe('viewer');
     const shares = await api.request('GET', `/documents/${doc.id}/shares`, { token: users.ada.token });
     expect(shares.body.items).toEqual([expect.objectContaining({ userId: account.id, email: 'newcomer@example.com' })]);
+  });
+});
+
+describe('revoking JWT access tokens', () => {
+  const nextSecond = () => new Promise((resolve) => setTimeout(resolve, 1000 - (Date.now() % 1000) + 5));
+
+  test('disabling an account stops its access tokens at once; a fresh sign-in after re-enabling works', async () => {
+    const account = await server.services.accounts.create({ email: 'eve@example.com', password, emailVerified: true });
+    const token = (await signInFor('eve@example.com', 'openid documents:read')).access_token;
+    expect((await api.request('GET', '/documents', { token })).status).toBe(200);
+
+    await server.services.accounts.setDisabled(account.id, true);
+    const refused = await api.request('GET', '/documents', { token });
+    expect(refused.status).toBe(401);
+    expect(refused.headers.get('www-authenticate')).toContain('error="invalid_token"');
+    expect(refused.body.detail).toContain('revoked');
+
+    await server.services.accounts.setDisabled(account.id, false);
+    await nextSecond(); // token times have one-second resolution; the revocation covers its own second
+    const fresh = (await signInFor('eve@example.com', 'openid documents:read')).access_token;
+    expect((await api.request('GET', '/documents', { token: fresh })).status).toBe(200);
+    expect((await api.request('GET', '/documents', { token })).status).toBe(401);
+  });
+
+  test("a client's tokens die when its secret is rotated or it is deleted, also by another process", async () => {
+    const rotated = await registerRelyingParty(server, { grantTypes: ['client_credentials'], scope: 'documents:read' });
+    const before = (await clientCredentialsToken(rotated, 'documents:read')).access_token;
+    await server.services.clients.rotateSecret(rotated.client.client_id);
+    expect((await api.request('GET', '/documents', { token: before })).status).toBe(401);
+
+    const machine = await registerRelyingParty(server, { grantTypes: ['client_credentials'], scope: 'documents:read' });
+    const token = (await clientCredentialsToken(machine, 'documents:read')).access_token;
+    expect((await api.request('GET', '/documents', { token })).status).toBe(200);
+
+    // Another instance (or the CLI) records the revocation; this one reads it within REVOCATION_REFRESH_SECONDS.
+    const elsewhere = new TokenRevocations(server.services.connection, 3600, createLogger('silent'));
+    await elsewhere.revoke('client', machine.client.client_id);
+    let status = 200;
+    for (let waited = 0; status === 200 && waited < 5000; waited += 100) {
+      await new Promise((resolve) => setTimeout(resolve, 100));
+      status = (await api.request('GET', '/documents', { token })).status;
+    }
+    expect(status).toBe(401);
   });
 });
 

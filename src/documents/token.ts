@@ -7,6 +7,7 @@
 import { createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type JWTPayload } from 'jose';
 import type { Middleware } from 'koa';
 import type { Logger } from '../observability/logger.ts';
+import type { TokenRevocations } from '../oidc/revocations.ts';
 import { ApiProblem } from './problem.ts';
 
 /** Asymmetric algorithms the provider signs with. HS* and "none" can never verify. */
@@ -26,6 +27,7 @@ export interface VerifierOptions {
   issuer: string;
   audience: string;
   jwksUri: string;
+  revocations: TokenRevocations;
   logger: Logger;
 }
 
@@ -68,9 +70,13 @@ export class AccessTokenVerifier {
     if (typeof sub !== 'string' || typeof clientId !== 'string' || (scope !== undefined && typeof scope !== 'string')) {
       throw invalidToken('the token claims are malformed');
     }
+    // oidc-provider sets sub to the client id when no end user is involved (client_credentials).
+    const kind = sub === clientId ? 'client' : 'user';
+    if (this.options.revocations.isRevoked(kind === 'user' ? sub : undefined, clientId, payload.iat!)) {
+      throw invalidToken('the token has been revoked');
+    }
     return {
-      // oidc-provider sets sub to the client id when no end user is involved (client_credentials).
-      kind: sub === clientId ? 'client' : 'user',
+      kind,
       sub,
       clientId,
       scopes: new Set((scope ?? '').split(' ').filter(Boolean)),

@@ -8,6 +8,7 @@ import type { Provider, ClientMetadata } from 'oidc-provider';
 import { readPayload, type ArtifactStore } from '../../adapters/mongodb.ts';
 import { AppError } from '../http/errors.ts';
 import { DOCUMENTS_SCOPES, SCOPES } from './provider.ts';
+import type { TokenRevocations } from './revocations.ts';
 
 const REGISTRABLE_SCOPES: readonly string[] = [...SCOPES, ...DOCUMENTS_SCOPES];
 
@@ -45,10 +46,12 @@ function newSecret(): string {
 export class ClientService {
   private readonly store: ArtifactStore;
   private readonly provider: Provider;
+  private readonly revocations: TokenRevocations;
 
-  constructor(store: ArtifactStore, provider: Provider) {
+  constructor(store: ArtifactStore, provider: Provider, revocations: TokenRevocations) {
     this.store = store;
     this.provider = provider;
+    this.revocations = revocations;
   }
 
   private get adapter() {
@@ -134,11 +137,15 @@ export class ClientService {
     if (current.token_endpoint_auth_method === 'none') {
       throw new AppError('invalid_client_metadata', 'a public client has no secret');
     }
-    return this.validateAndStore({ ...current, client_secret: newSecret(), client_updated_at: Math.floor(Date.now() / 1000) });
+    const rotated = await this.validateAndStore({ ...current, client_secret: newSecret(), client_updated_at: Math.floor(Date.now() / 1000) });
+    // A secret is rotated because the old one may be known: JWTs obtained with it stop working.
+    await this.revocations.revoke('client', clientId);
+    return rotated;
   }
 
   async delete(clientId: string): Promise<void> {
     await this.require(clientId);
     await this.adapter.destroy(clientId);
+    await this.revocations.revoke('client', clientId);
   }
 }

@@ -1,0 +1,78 @@
+/**
+ * Revocation of self-contained (JWT) access tokens. Opaque artifacts die when their documents are
+ * deleted, but a JWT for the documents API is checked without asking the provider, so revoking an
+ * account ("sign out everywhere", disable, password or role change) or a client (delete, secret
+ * rotation) also records "nothing issued to it before now is valid". Each instance keeps the
+ * records of the last access-token lifetime in memory and re-reads them every few seconds, so a
+ * revocation made anywhere (another instance, the CLI) takes effect within that interval, and
+ * checking a token costs two map lookups.
+ */
+import type { Collection, Connection } from 'mongoose';
+import type { Logger } from '../observability/logger.ts';
+
+interface RevocationRecord {
+  /** "account:<id>" or "client:<id>". */
+  _id: string;
+  /** Tokens issued at or before this instant are revoked. */
+  notAfter: Date;
+  /** When no token it could affect is still valid. */
+  expiresAt: Date;
+}
+
+export type RevocationSubject = 'account' | 'client';
+
+export class TokenRevocations {
+  private readonly records: Collection<RevocationRecord>;
+  private readonly lifetimeMs: number;
+  private readonly logger: Logger;
+  private snapshot = new Map<string, number>();
+  private timer: NodeJS.Timeout | undefined;
+
+  /** lifetimeSeconds: the longest an access token lives (records older than that are moot). */
+  constructor(connection: Connection, lifetimeSeconds: number, logger: Logger) {
+    this.records = connection.collection<RevocationRecord>('token_revocations');
+    this.lifetimeMs = lifetimeSeconds * 1000;
+    this.logger = logger;
+  }
+
+  async ensureIndexes(): Promise<void> {
+    await this.records.createIndex({ expiresAt: 1 });
+  }
+
+  async revoke(subject: RevocationSubject, id: string): Promise<void> {
+    const now = new Date();
+    const key = `${subject}:${id}`;
+    const record = { notAfter: now, expiresAt: new Date(now.getTime() + this.lifetimeMs) };
+    await this.records.updateOne({ _id: key }, { $set: record }, { upsert: true });
+    this.snapshot.set(key, now.getTime());
+  }
+
+  /** True when the token (issued at `iat`, seconds) belongs to a revoked account or client. */
+  isRevoked(accountId: string | undefined, clientId: string, iat: number): boolean {
+    const issuedAt = iat * 1000;
+    const account = accountId === undefined ? undefined : this.snapshot.get(`account:${accountId}`);
+    const client = this.snapshot.get(`client:${clientId}`);
+    return (account !== undefined && issuedAt <= account) || (client !== undefined && issuedAt <= client);
+  }
+
+  /** Re-reads the live records (and drops expired ones, which matter to no token any more). */
+  async refresh(): Promise<void> {
+    const started = Date.now();
+    await this.records.deleteMany({ expiresAt: { $lt: new Date(started) } });
+    const live = await this.records.find({}).toArray();
+    const next = new Map(live.map((record) => [record._id, record.notAfter.getTime()]));
+    // Keep what this instance revoked while the read was in flight.
+    for (const [key, at] of this.snapshot) if (at >= started && (next.get(key) ?? 0) < at) next.set(key, at);
+    this.snapshot = next;
+  }
+
+  /** Loads the records now, then every intervalSeconds; returns a stop function. */
+  async start(intervalSeconds: number): Promise<() => void> {
+    await this.refresh();
+    this.timer = setInterval(() => {
+      this.refresh().catch((error: unknown) => this.logger.error({ err: error }, 'reading token revocations failed'));
+    }, intervalSeconds * 1000);
+    this.timer.unref();
+    return () => clearInterval(this.timer);
+  }
+}
