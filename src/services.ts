@@ -86,7 +86,8 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       logger.error({ err: error }, 'sweeping expired artifacts failed'));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
 
-    const revocations = new TokenRevocations(connection, config.ttl.accessToken, logger);
+    // Records must outlive every JWT they revoke, whichever grant issued it.
+    const revocations = new TokenRevocations(connection, Math.max(config.ttl.accessToken, config.ttl.clientCredentials), logger);
     await revocations.ensureIndexes();
     stopRevocations = await revocations.start(config.revocationRefreshSeconds);
     const accounts = new AccountService(connection, new PasswordHasher(config.argon2), async (id) => {

@@ -3,6 +3,7 @@
  * last test checks the real entry point exits with a message naming the bad variable.
  */
 import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
 import path from 'node:path';
 import { ConfigError, loadConfig } from '../src/config.ts';
 
@@ -187,4 +188,15 @@ test('the server exits with a message naming the bad variable', () => {
   expect(result.signal).toBeNull();
   expect(result.status).not.toBe(0);
   expect(result.stderr).toContain('PORT:');
+});
+
+test('.env.example documents every variable the configuration reads, and the README table lists it', () => {
+  const root = path.resolve(import.meta.dirname, '..');
+  const source = fs.readFileSync(path.join(root, 'src/config.ts'), 'utf8');
+  const names = [...new Set([...source.matchAll(/'([A-Z][A-Z0-9_]{2,})'/g)].map((m) => m[1]!))];
+  expect(names.length).toBeGreaterThan(25);
+  const example = fs.readFileSync(path.join(root, '.env.example'), 'utf8');
+  const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
+  expect(names.filter((name) => !new RegExp(`^#? ?${name}=`, 'm').test(example))).toEqual([]);
+  expect(names.filter((name) => !readme.includes(`\`${name}\``))).toEqual([]);
 });
