@@ -17,7 +17,7 @@ import { etagOf, presentDocument, presentShare, presentSummary } from './present
 import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
 } from './schema.ts';
-import { ifNoneMatchSatisfied, tooLarge, type DocumentService } from './service.ts';
+import { ifNoneMatchSatisfied, tooLarge, type DocumentService, type Visible } from './service.ts';
 import { ACCESS_TOKEN_ALGORITHMS, bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
 
 export interface DocumentsApiDeps {
@@ -32,6 +32,7 @@ const READ = 'documents:read';
 const WRITE = 'documents:write';
 
 const caller = (ctx: Context): Caller => ctx.state.caller as Caller;
+const ifMatch = (ctx: Context): string | undefined => ctx.get('if-match') || undefined;
 
 /** The media type without parameters, lower-cased; text types keep a charset parameter. */
 function fileContentType(header: string | undefined, allowed: readonly string[]): string {
@@ -66,6 +67,13 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       action, target, outcome, ...(reason ? { reason } : {}),
       ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
     });
+  }
+
+  /** Answers a change with the document as it now is, after auditing it. */
+  async function changed(ctx: Context, action: string, { doc, access }: Visible): Promise<void> {
+    await record(ctx, action, doc._id, 'success');
+    ctx.set('ETag', etagOf(doc));
+    ctx.body = presentDocument(doc, access);
   }
 
   /** Turns every error under /api into problem+json, and audits refusals. */
@@ -115,12 +123,10 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     validate(noQuery, ctx.query, 'query');
     requireJson(ctx);
     const input = validate(createBody, ctx.request.body, 'body');
-    const { doc, access } = await documents.create(caller(ctx), input);
-    await record(ctx, 'document.create', doc._id, 'success');
+    const created = await documents.create(caller(ctx), input);
+    await changed(ctx, 'document.create', created);
     ctx.status = 201;
-    ctx.set('Location', `/api/v1/documents/${doc._id}`);
-    ctx.set('ETag', etagOf(doc));
-    ctx.body = presentDocument(doc, access);
+    ctx.set('Location', `/api/v1/documents/${created.doc._id}`);
   });
 
   v1.get('document.list', '/documents', async (ctx) => {
@@ -158,17 +164,14 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     const id = validate(documentId, ctx.params.id, 'path');
     requireJson(ctx);
     const patch = validate(patchBody, ctx.request.body, 'body');
-    const { doc, access } = await documents.update(caller(ctx), id, patch, ctx.get('if-match') || undefined);
-    await record(ctx, 'document.update', id, 'success');
-    ctx.set('ETag', etagOf(doc));
-    ctx.body = presentDocument(doc, access);
+    await changed(ctx, 'document.update', await documents.update(caller(ctx), id, patch, ifMatch(ctx)));
   });
 
   v1.delete('document.delete', '/documents/:id', async (ctx) => {
     requireScope(caller(ctx), WRITE);
     validate(noQuery, ctx.query, 'query');
     const id = validate(documentId, ctx.params.id, 'path');
-    await documents.delete(caller(ctx), id, ctx.get('if-match') || undefined);
+    await documents.delete(caller(ctx), id, ifMatch(ctx));
     await record(ctx, 'document.delete', id, 'success');
     ctx.status = 204;
   });
@@ -184,12 +187,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     }
     const declared = ctx.request.length;
     if (declared !== undefined && declared > config.documents.maxFileBytes) throw tooLarge(config.documents.maxFileBytes);
-    const { doc, access } = await documents.putFile(caller(ctx), id, {
-      body: ctx.req, contentType, filename: filename ?? `document-${id}`,
-    }, config.documents.maxFileBytes, ctx.get('if-match') || undefined);
-    await record(ctx, 'document.file.upload', id, 'success');
-    ctx.set('ETag', etagOf(doc));
-    ctx.body = presentDocument(doc, access);
+    const upload = { body: ctx.req, contentType, filename: filename ?? `document-${id}` };
+    await changed(ctx, 'document.file.upload', await documents.putFile(caller(ctx), id, upload, config.documents.maxFileBytes, ifMatch(ctx)));
   });
 
   v1.get('document.file.download', '/documents/:id/file', async (ctx) => {
