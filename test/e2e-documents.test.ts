@@ -576,6 +576,19 @@ describe('concurrent writes (the database may not make conditional updates atomi
     expect((await api.request<Doc>('GET', `/documents/${doc.id}`, { token: users.ada.token })).body)
       .toMatchObject({ title: 'Merged title', content: 'merged content', tags: ['merged'], version: 4 });
   });
+
+  test('a delete racing updates wins cleanly: the document stays gone and no claim is left behind', async () => {
+    const doc = await createDoc(users.ada.token, { title: 'Doomed' });
+    const [deleted, ...patches] = await Promise.all([
+      api.request('DELETE', `/documents/${doc.id}`, { token: users.ada.token }),
+      ...Array.from({ length: 6 }, (_, i) => api.request('PATCH', `/documents/${doc.id}`, { token: users.ada.token, json: { title: `Still here ${i}` } })),
+    ]);
+    expect(deleted!.status).toBe(204);
+    for (const patch of patches) expect([200, 404]).toContain(patch.status);
+    expect((await api.request('GET', `/documents/${doc.id}`, { token: users.ada.token })).status).toBe(404);
+    expect(await server.services.connection.collection('documents').countDocuments({ _id: doc.id } as never)).toBe(0);
+    expect(await server.services.connection.collection('document_version_claims').countDocuments()).toBe(0);
+  });
 });
 
 describe('CORS and the OpenAPI document', () => {

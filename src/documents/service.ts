@@ -8,6 +8,7 @@
 import { createHash, randomUUID } from 'node:crypto';
 import { PassThrough, Transform, type Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
+import { setTimeout } from 'node:timers/promises';
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import type { AccountService } from '../accounts/service.ts';
 import { uuidv7 } from '../ids.ts';
@@ -45,7 +46,7 @@ export interface Visible {
 }
 
 const FILES_BUCKET = 'document_files';
-const MAX_ATTEMPTS = 5;
+const MAX_ATTEMPTS = 10;
 /** Internal changes made on nobody's behalf (claiming pending shares). */
 const SYSTEM = 'system';
 type Actor = Caller | typeof SYSTEM;
@@ -177,12 +178,9 @@ export class DocumentService {
   }
 
   async delete(caller: Caller, id: string, ifMatch: string | undefined): Promise<void> {
-    const { doc, access } = await this.get(caller, id);
-    if (!may(access, 'delete')) throw forbidden('delete');
-    if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(doc))) throw preconditionFailed();
-    const filter = ifMatch === undefined ? { _id: id } : { _id: id, version: doc.version };
-    const { deletedCount } = await this.documents.deleteOne(filter);
-    if (deletedCount === 0) throw ifMatch === undefined ? notFound() : preconditionFailed();
+    // Claims the next version like a change, so a racing update cannot be half-applied to it.
+    await this.withDocument(caller, id, 'delete', ifMatch, ({ doc }) => this.claimed(doc, async () =>
+      (await this.documents.deleteOne({ _id: id, version: doc.version })).deletedCount === 1 || undefined));
     // Every file stored for it, including one an upload committed while this delete ran.
     const files = await this.files.find({ 'metadata.documentId': id }, { projection: { _id: 1 } }).toArray();
     await Promise.all(files.map((file) => this.files.delete(file._id)));
@@ -296,27 +294,52 @@ export class DocumentService {
   }
 
   /**
-   * Read, authorize, check If-Match, commit; again on a lost race. `mutate` may throw an
-   * ApiProblem to refuse the change after seeing the document.
+   * Read, authorize, check If-Match, then `write`; again from the top while `write` reports (with
+   * undefined) that another writer got there first.
    */
-  private async change(
-    actor: Actor, id: string, action: Action, ifMatch: string | undefined,
-    mutate: (doc: DocumentRecord) => Partial<DocumentRecord>,
-  ): Promise<{ before: DocumentRecord; after: DocumentRecord; access: Access }> {
+  private async withDocument<T>(
+    actor: Actor, id: string, action: Action, ifMatch: string | undefined, write: (visible: Visible) => Promise<T | undefined>,
+  ): Promise<T> {
     for (let attempt = 0; attempt < MAX_ATTEMPTS; attempt += 1) {
-      const { doc, access } = await this.load(actor, id);
-      if (!may(access, action)) throw forbidden(action);
-      if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(doc))) throw preconditionFailed();
-      const after = await this.commit(doc, mutate(doc));
-      if (after) return { before: doc, after, access };
+      const visible = await this.load(actor, id);
+      if (!may(visible.access, action)) throw forbidden(action);
+      if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(visible.doc))) throw preconditionFailed();
+      const result = await write(visible);
+      if (result !== undefined) return result;
+      // Lost to another writer, who is usually done within milliseconds: back off with jitter
+      // so that writers queued on one document do not keep colliding.
+      await setTimeout(2 * (attempt + 1) + Math.random() * 5);
     }
     throw new ApiProblem('conflict', 409, 'The document is being changed by other requests; try again.');
   }
 
+  /** Applies `mutate`'s changes as the next version. `mutate` may throw an ApiProblem to refuse. */
+  private change(
+    actor: Actor, id: string, action: Action, ifMatch: string | undefined,
+    mutate: (doc: DocumentRecord) => Partial<DocumentRecord>,
+  ): Promise<{ before: DocumentRecord; after: DocumentRecord; access: Access }> {
+    return this.withDocument(actor, id, action, ifMatch, async ({ doc, access }) => {
+      const after = await this.commit(doc, mutate(doc));
+      return after && { before: doc, after, access };
+    });
+  }
+
   /** Writes the next version of `doc`, or returns undefined if another writer got there first. */
-  private async commit(doc: DocumentRecord, changes: Partial<DocumentRecord>): Promise<DocumentRecord | undefined> {
-    const version = doc.version + 1;
-    const claimId = `${doc._id}:${version}`;
+  private commit(doc: DocumentRecord, changes: Partial<DocumentRecord>): Promise<DocumentRecord | undefined> {
+    return this.claimed(doc, async () => {
+      const version = doc.version + 1;
+      const updatedAt = new Date();
+      const { matchedCount } = await this.documents.updateOne(
+        { _id: doc._id, version: doc.version },
+        { $set: { ...changes, version, updatedAt } },
+      );
+      return matchedCount === 1 ? { ...doc, ...changes, version, updatedAt } : undefined;
+    });
+  }
+
+  /** Runs `write` holding the claim on `doc`'s next version; undefined when another writer holds it. */
+  private async claimed<T>(doc: DocumentRecord, write: () => Promise<T | undefined>): Promise<T | undefined> {
+    const claimId = `${doc._id}:${doc.version + 1}`;
     try {
       await this.claims.insertOne({ _id: claimId, at: new Date() });
     } catch (error) {
@@ -325,14 +348,9 @@ export class DocumentService {
       return undefined;
     }
     try {
-      const updatedAt = new Date();
-      const { matchedCount } = await this.documents.updateOne(
-        { _id: doc._id, version: doc.version },
-        { $set: { ...changes, version, updatedAt } },
-      );
-      return matchedCount === 1 ? { ...doc, ...changes, version, updatedAt } : undefined;
+      return await write();
     } finally {
-      // Once the update is done, later writers see the new version and no longer need the claim.
+      // Once the write is done, later writers see the new version and no longer need the claim.
       await this.claims.deleteOne({ _id: claimId });
     }
   }
