@@ -81,15 +81,29 @@ const env = {
   COOKIE_KEYS: 'bench-cookie-key-0123456789abcdefghijklmnop', LOG_LEVEL: 'info',
 };
 
+/** A failure before the measurements must not leave the throwaway database and Redis running. */
+async function abandon(error: unknown): Promise<never> {
+  await Promise.allSettled(started.map((s) => s.stop()));
+  fs.rmSync(dir, { recursive: true, force: true });
+  throw error;
+}
+
 // Seed through the same services the CLI uses.
-const seed = await openServices(loadConfig(env), createLogger('error', 2));
-await storeNewJwks(seed.connection);
-const service = await seed.clients.create({ name: 'bench service', grantTypes: ['client_credentials'], scope: 'openid' });
-const webApp = await seed.clients.create({ name: 'bench web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid email' });
 const password = 'benchmark password 1234';
-await seed.accounts.create({ email: 'bench@example.com', password });
-const docClient = await seed.clients.create({ name: 'bench documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' });
-await seed.close();
+const { service, webApp, docClient } = await (async () => {
+  const seed = await openServices(loadConfig(env), createLogger('error', 2));
+  try {
+    await storeNewJwks(seed.connection);
+    return {
+      service: await seed.clients.create({ name: 'bench service', grantTypes: ['client_credentials'], scope: 'openid' }),
+      webApp: await seed.clients.create({ name: 'bench web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid email' }),
+      docClient: await seed.clients.create({ name: 'bench documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' }),
+      account: await seed.accounts.create({ email: 'bench@example.com', password }),
+    };
+  } finally {
+    await seed.close();
+  }
+})().catch(abandon);
 
 // The provider's JSON log is discarded unless the documents scenarios need it (a file costs the
 // server no more than /dev/null, and this process reads it only once, after the server has exited).
@@ -101,7 +115,10 @@ for (let i = 0; ; i += 1) {
   try {
     if ((await fetch(`${issuer}/healthz`)).ok) break;
   } catch { /* not listening yet */ }
-  if (i > 100) throw new Error('provider did not start');
+  if (i > 100) {
+    server.kill('SIGTERM');
+    await abandon(new Error('provider did not start'));
+  }
   await new Promise((r) => setTimeout(r, 100));
 }
 say(`provider pid ${server.pid} at ${issuer}; ${seconds}s per scenario, ${connections} connections`);
