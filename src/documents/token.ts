@@ -23,6 +23,17 @@ export interface Caller {
   scopes: ReadonlySet<string>;
 }
 
+interface VerifiedToken {
+  caller: Caller;
+  iat: number;
+  /** When the cached verification stops being used (ms): the token's exp at the latest. */
+  expiresAt: number;
+}
+
+const MAX_CACHED_TOKENS = 5000;
+/** A cached verification is redone at least this often, so a key removed from the JWKS stops working. */
+const MAX_CACHE_MS = 5 * 60_000;
+
 export interface VerifierOptions {
   issuer: string;
   audience: string;
@@ -34,6 +45,7 @@ export interface VerifierOptions {
 export class AccessTokenVerifier {
   private readonly options: VerifierOptions;
   private readonly keySet: ReturnType<typeof createRemoteJWKSet>;
+  private readonly verified = new Map<string, VerifiedToken>();
   /** How many times the key set was fetched from the provider (an observable cost). */
   keySetFetches = 0;
 
@@ -53,6 +65,23 @@ export class AccessTokenVerifier {
 
   /** The caller a token speaks for, or an invalid-token problem saying (briefly) why not. */
   async verify(token: string): Promise<Caller> {
+    const now = Date.now();
+    let entry = this.verified.get(token);
+    if (entry && entry.expiresAt <= now) this.verified.delete(token);
+    if (!entry || entry.expiresAt <= now) entry = await this.verifyJwt(token, now);
+    // Revocation is looked at on every use: it can happen after the token was first seen.
+    if (this.options.revocations.isRevoked(entry.caller.kind === 'user' ? entry.caller.sub : undefined, entry.caller.clientId, entry.iat)) {
+      throw invalidToken('the token has been revoked');
+    }
+    return entry.caller;
+  }
+
+  /**
+   * Full verification, remembered until the token expires: a client sends the same token many
+   * times, and the signature check is the largest part of a request's CPU. The cache is keyed by
+   * the whole token (exact bytes) and bounded; the oldest entries go first.
+   */
+  private async verifyJwt(token: string, now: number): Promise<VerifiedToken> {
     let payload: JWTPayload;
     try {
       ({ payload } = await jwtVerify(token, this.keySet, {
@@ -70,17 +99,20 @@ export class AccessTokenVerifier {
     if (typeof sub !== 'string' || typeof clientId !== 'string' || (scope !== undefined && typeof scope !== 'string')) {
       throw invalidToken('the token claims are malformed');
     }
-    // oidc-provider sets sub to the client id when no end user is involved (client_credentials).
-    const kind = sub === clientId ? 'client' : 'user';
-    if (this.options.revocations.isRevoked(kind === 'user' ? sub : undefined, clientId, payload.iat!)) {
-      throw invalidToken('the token has been revoked');
-    }
-    return {
-      kind,
-      sub,
-      clientId,
-      scopes: new Set((scope ?? '').split(' ').filter(Boolean)),
+    const entry: VerifiedToken = {
+      caller: {
+        // oidc-provider sets sub to the client id when no end user is involved (client_credentials).
+        kind: sub === clientId ? 'client' : 'user',
+        sub,
+        clientId,
+        scopes: new Set((scope ?? '').split(' ').filter(Boolean)),
+      },
+      iat: payload.iat!,
+      expiresAt: Math.min(payload.exp! * 1000, now + MAX_CACHE_MS),
     };
+    if (this.verified.size >= MAX_CACHED_TOKENS) this.verified.delete(this.verified.keys().next().value!);
+    this.verified.set(token, entry);
+    return entry;
   }
 }
 
