@@ -16,7 +16,7 @@
  * key set' lines logged from the first API request (seeding included) to the end of the documents
  * scenarios: the API verifies tokens against a cached JWKS, so this should be 1, not one per request.
  * Peak RSS is the server process's VmHWM. Options: BENCH_SECONDS (default 10), BENCH_CONNECTIONS
- * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_ONLY (comma-separated: discovery, jwks,
+ * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_DOCUMENTS (documents seeded, default 200), BENCH_ONLY (comma-separated: discovery, jwks,
  * client_credentials, signin, doc_get, doc_list, doc_create; default: all), BENCH_NODE_ARGS (node
  * flags for the provider; default: the production heap settings).
  */
@@ -42,7 +42,7 @@ const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentia
 const DOC_SCENARIOS = ['doc_get', 'doc_list', 'doc_create'] as const;
 const documentsSelected = DOC_SCENARIOS.some((name) => only.has(name));
 /** Documents the API holds for the bench client before the documents scenarios start. */
-const SEED_DOCUMENTS = 200;
+const SEED_DOCUMENTS = Number(process.env.BENCH_DOCUMENTS ?? 200);
 const SEED_CONCURRENCY = 4;
 /** The message the documents API logs whenever it fetches the provider's JWKS (src/documents/token.ts). */
 const JWKS_FETCH_MESSAGE = 'fetching the provider key set';
