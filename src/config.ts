@@ -29,6 +29,8 @@ export interface Config {
   readonly dataDir: string;
   readonly pkceRequiredForConfidentialClients: boolean;
   readonly sweepIntervalSeconds: number;
+  /** How long audit events are kept (days). */
+  readonly auditRetentionDays: number;
   /** How often each instance re-reads JWT access-token revocations (seconds). */
   readonly revocationRefreshSeconds: number;
   /** How long an instance may use client metadata it has read (0: always read). */
@@ -256,6 +258,7 @@ export function loadConfig(env: Env): Config {
     sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
     clientCacheSeconds: r.int('CLIENT_CACHE_SECONDS', 10, 0, 300),
     revocationRefreshSeconds: r.int('REVOCATION_REFRESH_SECONDS', 5, 1, 300),
+    auditRetentionDays: r.int('AUDIT_RETENTION_DAYS', 365, 1, 36_500),
     ttl: {
       accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, day),
       authorizationCode: r.int('TTL_AUTHORIZATION_CODE', 60, 10, 60),

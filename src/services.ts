@@ -76,6 +76,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
   let redis: Redis | undefined;
   let stopSweeper = () => {};
   let stopRevocations = () => {};
+  let stopAuditRetention = () => {};
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
@@ -95,8 +96,9 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
     });
     await accounts.ensureIndexes();
     const audit = new AuditLog(connection, logger);
-    await audit.ensureIndexes();
-    const documents = new DocumentService(connection, accounts);
+    await audit.ensureIndexes(config.auditRetentionDays);
+    stopAuditRetention = audit.startRetention();
+    const documents = new DocumentService(connection, accounts, logger);
     await documents.ensureIndexes();
     accounts.onCreated(async (account) => {
       // The account exists either way; a share that fails to resolve now is logged, not fatal.
@@ -124,12 +126,14 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
         closed = true;
         stopSweeper();
         stopRevocations();
+        stopAuditRetention();
         await Promise.allSettled([connection.close(), redis?.disconnect()]);
       },
     };
   } catch (error) {
     stopSweeper();
     stopRevocations();
+    stopAuditRetention();
     await Promise.allSettled([connection.close(), redis?.disconnect()]);
     throw error;
   }

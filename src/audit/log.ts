@@ -33,15 +33,40 @@ export interface TailFilter {
 export class AuditLog {
   private readonly events: Collection<AuditEvent>;
   private readonly logger: Logger;
+  private ttl = false;
+  private retentionMs = 0;
 
   constructor(connection: Connection, logger: Logger) {
     this.events = connection.collection<AuditEvent>('audit_events');
     this.logger = logger;
   }
 
-  async ensureIndexes(): Promise<void> {
-    await this.events.createIndex({ at: 1 });
+  /**
+   * Events are kept for `retentionDays`: removed by a TTL index where the server has them
+   * (MongoDB), otherwise by a periodic sweep (see startRetention).
+   */
+  async ensureIndexes(retentionDays: number): Promise<void> {
     await this.events.createIndex({ 'actor.sub': 1, at: 1 });
+    try {
+      await this.events.createIndex({ at: 1 }, { expireAfterSeconds: retentionDays * 86_400, name: 'at_retention' });
+      this.ttl = true;
+    } catch {
+      await this.events.createIndex({ at: 1 }, { name: 'at_sweep' });
+    }
+    this.retentionMs = retentionDays * 86_400_000;
+  }
+
+  /** Sweeps events past retention every hour where no TTL index does it; returns a stop function. */
+  startRetention(): () => void {
+    if (this.ttl) return () => {};
+    const sweep = () => {
+      this.events.deleteMany({ at: { $lt: new Date(Date.now() - this.retentionMs) } })
+        .catch((error: unknown) => this.logger.error({ err: error }, 'sweeping old audit events failed'));
+    };
+    sweep();
+    const timer = setInterval(sweep, 3_600_000);
+    timer.unref();
+    return () => clearInterval(timer);
   }
 
   /**

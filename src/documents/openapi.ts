@@ -23,13 +23,14 @@ const PROBLEM_RESPONSES: Record<number, { description: string; codes: ProblemCod
   413: { description: 'Body or file too large', codes: ['payload-too-large'] },
   415: { description: 'Unsupported Content-Type or Content-Encoding', codes: ['unsupported-media-type'] },
   500: { description: 'Unexpected server error', codes: ['server-error'] },
+  503: { description: "The provider's keys cannot be fetched, so no token can be verified (see Retry-After)", codes: ['server-error'] },
 };
 
 function problems(...statuses: number[]) {
   return Object.fromEntries(statuses.map((status) => [String(status), { $ref: `#/components/responses/Problem${status}` }]));
 }
 
-const AUTHED = [401, 403, 500];
+const AUTHED = [401, 403, 500, 503];
 
 const headers = {
   ETag: { description: 'The document version (strong entity tag)', schema: { type: 'string', pattern: '^"v[0-9]+"$' } },
@@ -48,6 +49,9 @@ const summaryProperties = {
   createdAt: dateTime,
   updatedAt: dateTime,
 };
+
+/** What a change answers: the document, without its content for a token lacking documents:read. */
+const written = { oneOf: [ref('Document'), ref('DocumentSummary')] };
 
 const json = (schema: unknown) => ({ 'application/json': { schema } });
 
@@ -95,7 +99,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
           requestBody: { required: true, content: json(ref('DocumentCreate')) },
           responses: {
-            201: { description: 'Created', headers: { Location: headers.Location, ETag: headers.ETag }, content: json(ref('Document')) },
+            201: { description: 'Created', headers: { Location: headers.Location, ETag: headers.ETag }, content: json(written) },
             ...problems(400, ...AUTHED, 413, 415),
           },
         },
@@ -119,7 +123,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           parameters: [{ $ref: '#/components/parameters/IfMatch' }],
           requestBody: { required: true, content: json(ref('DocumentPatch')) },
           responses: {
-            200: { description: 'The updated document', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
+            200: { description: 'The updated document', headers: { ETag: headers.ETag }, content: json(written) },
             ...problems(400, ...AUTHED, 404, 409, 412, 413, 415),
           },
         },
@@ -128,7 +132,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           summary: 'Delete the document and its file (owner or admin)',
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
           parameters: [{ $ref: '#/components/parameters/IfMatch' }],
-          responses: { 204: { description: 'Deleted' }, ...problems(400, ...AUTHED, 404, 412) },
+          responses: { 204: { description: 'Deleted' }, ...problems(400, ...AUTHED, 404, 409, 412) },
         },
       },
       '/documents/{id}/file': {
@@ -146,7 +150,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             content: Object.fromEntries(fileTypes.map((type) => [type, { schema: { type: 'string', contentMediaType: type } }])),
           },
           responses: {
-            200: { description: 'The document with its new file', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
+            200: { description: 'The document with its new file', headers: { ETag: headers.ETag }, content: json(written) },
             ...problems(400, ...AUTHED, 404, 409, 412, 413, 415),
           },
         },
@@ -183,7 +187,8 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
           requestBody: { required: true, content: json(ref('ShareCreate')) },
           responses: {
-            201: { description: 'The share', headers: { Location: headers.Location }, content: json(ref('Share')) },
+            201: { description: 'A new share', headers: { Location: headers.Location }, content: json(ref('Share')) },
+            200: { description: 'The existing share, with its new role', content: json(ref('Share')) },
             ...problems(400, ...AUTHED, 404, 409, 413, 415),
           },
         },

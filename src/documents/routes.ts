@@ -18,7 +18,7 @@ import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
 } from './schema.ts';
 import { ifNoneMatchSatisfied, tooLarge, type DocumentService, type Visible } from './service.ts';
-import { ACCESS_TOKEN_ALGORITHMS, bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
+import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
 
 export interface DocumentsApiDeps {
   documents: DocumentService;
@@ -69,11 +69,14 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     });
   }
 
-  /** Answers a change with the document as it now is, after auditing it. */
+  /**
+   * Answers a change with the document as it now is, after auditing it. A token that may write
+   * but not read gets the document without its content, which it may not otherwise see.
+   */
   async function changed(ctx: Context, action: string, { doc, access }: Visible): Promise<void> {
     await record(ctx, action, doc._id, 'success');
     ctx.set('ETag', etagOf(doc));
-    ctx.body = presentDocument(doc, access);
+    ctx.body = caller(ctx).scopes.has(READ) ? presentDocument(doc, access) : presentSummary(doc, access);
   }
 
   /** Turns every error under /api into problem+json, and audits refusals. */
@@ -104,8 +107,10 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       ctx.set('Cache-Control', 'no-store');
       ctx.type = 'application/problem+json';
       ctx.body = problem.body();
-      if ([401, 403, 404].includes(problem.status)) {
-        const action = (ctx as Partial<RouterContext>)._matchedRouteName ?? 'api.request';
+      // Refusals on the API's routes are audited; a path the API does not have is only in the
+      // request log, so probing unknown URLs does not fill the audit trail.
+      const action = (ctx as Partial<RouterContext>)._matchedRouteName;
+      if (action && [401, 403, 404].includes(problem.status)) {
         const target = typeof ctx.params?.id === 'string' ? ctx.params.id : null;
         await record(ctx, action, target, 'denied', problem.code);
       }
@@ -220,10 +225,11 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     const id = validate(documentId, ctx.params.id, 'path');
     requireJson(ctx);
     const { email, role } = validate(shareBody, ctx.request.body, 'body');
-    const { share } = await documents.addShare(caller(ctx), id, email, role);
+    const { share, created } = await documents.addShare(caller(ctx), id, email, role);
     await record(ctx, 'document.share.add', id, 'success');
-    ctx.status = 201;
-    ctx.set('Location', `/api/v1/documents/${id}/shares/${share.userId}`);
+    // 201 for a new share; 200 when an existing one only changed its role.
+    ctx.status = created ? 201 : 200;
+    if (created) ctx.set('Location', `/api/v1/documents/${id}/shares/${share.userId}`);
     ctx.body = presentShare(share);
   });
 
@@ -249,7 +255,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       origins: config.documents.corsOrigins,
       methods,
       allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match'],
-      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition'],
+      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest'],
       maxAgeSeconds: 600,
     }),
     async (ctx, next) => {
@@ -276,7 +282,6 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     authorization_servers: [config.issuer],
     scopes_supported: ['documents:read', 'documents:write', 'documents:admin'],
     bearer_methods_supported: ['header'],
-    resource_signing_alg_values_supported: ACCESS_TOKEN_ALGORITHMS,
     resource_documentation: `${config.issuer}/api/openapi.json`,
   });
 

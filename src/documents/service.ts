@@ -11,6 +11,7 @@ import { pipeline } from 'node:stream/promises';
 import { setTimeout } from 'node:timers/promises';
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import type { AccountService } from '../accounts/service.ts';
+import type { Logger } from '../observability/logger.ts';
 import { uuidv7 } from '../ids.ts';
 import { ApiProblem, notFound } from './problem.ts';
 import { aclOf, type DocumentRecord, type FileRecord, type ShareRecord, type ShareRole, type VersionClaim } from './model.ts';
@@ -79,6 +80,11 @@ export function ifNoneMatchSatisfied(header: string, etag: string): boolean {
  */
 function detachable(source: Readable): Readable {
   const pass = new PassThrough();
+  // The client may have gone while the document was read: its 'close' has then already fired.
+  if (source.destroyed || source.readableAborted) {
+    pass.destroy(new Error('the upload was interrupted'));
+    return pass;
+  }
   source.once('error', (error) => pass.destroy(error));
   source.once('close', () => {
     if (!source.readableEnded) pass.destroy(new Error('the upload was interrupted'));
@@ -98,13 +104,15 @@ export class DocumentService {
   private readonly files: InstanceType<typeof mongoose.mongo.GridFSBucket>;
   private readonly filesCollection: Collection;
   private readonly accounts: AccountService;
+  private readonly logger: Logger;
 
-  constructor(connection: Connection, accounts: AccountService) {
+  constructor(connection: Connection, accounts: AccountService, logger: Logger) {
     this.documents = connection.collection<DocumentRecord>('documents');
     this.claims = connection.collection<VersionClaim>('document_version_claims');
     this.files = new mongoose.mongo.GridFSBucket(connection.db!, { bucketName: FILES_BUCKET });
     this.filesCollection = connection.collection(`${FILES_BUCKET}.files`);
     this.accounts = accounts;
+    this.logger = logger;
   }
 
   async ensureIndexes(): Promise<void> {
@@ -183,7 +191,9 @@ export class DocumentService {
       (await this.documents.deleteOne({ _id: id, version: doc.version })).deletedCount === 1 || undefined));
     // Every file stored for it, including one an upload committed while this delete ran.
     const files = await this.files.find({ 'metadata.documentId': id }, { projection: { _id: 1 } }).toArray();
-    await Promise.all(files.map((file) => this.files.delete(file._id)));
+    const results = await Promise.allSettled(files.map((file) => this.files.delete(file._id)));
+    const failed = results.filter((r) => r.status === 'rejected').length;
+    if (failed) this.logger.error({ documentId: id, failed }, 'deleting the files of a deleted document failed');
   }
 
   /**
@@ -232,7 +242,11 @@ export class DocumentService {
 
   async openFile(caller: Caller, id: string): Promise<{ file: FileRecord; stream: Readable }> {
     const { doc } = await this.get(caller, id);
-    if (!doc.file) throw new ApiProblem('not-found', 404, 'This document has no file.');
+    const noFile = () => new ApiProblem('not-found', 404, 'This document has no file.');
+    if (!doc.file) throw noFile();
+    // A replacing upload or a delete may have removed it since the document was read; answer
+    // 404 rather than failing once the response has started.
+    if (!(await this.filesCollection.countDocuments({ _id: doc.file.gridFsId }, { limit: 1 }))) throw noFile();
     return { file: doc.file, stream: this.files.openDownloadStream(doc.file.gridFsId) };
   }
 
@@ -249,8 +263,9 @@ export class DocumentService {
    * working when an account with that email is created (claimPendingShares).
    */
   async addShare(caller: Caller, id: string, email: string, role: ShareRole): Promise<{ share: ShareRecord; created: boolean }> {
-    const account = await this.accounts.get(email);
     const normalized = email.trim().toLowerCase();
+    // Both lookups run whether or not the account exists, so timing tells nothing either.
+    const [account, pendingId] = await Promise.all([this.accounts.get(normalized), this.pendingShareId(normalized)]);
     let result: { share: ShareRecord; created: boolean } | undefined;
     await this.change(caller, id, 'share', undefined, (doc) => {
       if (account && doc.owner.type === 'user' && doc.owner.id === account.id) {
@@ -261,12 +276,22 @@ export class DocumentService {
       const existing = doc.shares.find((s) => s.email === normalized);
       const share: ShareRecord = existing
         ? { ...existing, role }
-        : { userId: account?.id ?? randomUUID(), email: normalized, role, pending: !account, createdAt: new Date() };
+        : { userId: account?.id ?? pendingId, email: normalized, role, pending: !account, createdAt: new Date() };
       result = { share, created: !existing };
       const shares = [...doc.shares.filter((s) => s !== existing), share];
       return { shares, acl: aclOf(doc.owner, shares) };
     });
     return result!;
+  }
+
+  /**
+   * The placeholder id for an email without an account: the one already used for it on another
+   * document, or a new random one. Like an account id it is stable across documents, so comparing
+   * answers for several documents tells nothing either.
+   */
+  private async pendingShareId(email: string): Promise<string> {
+    const doc = await this.documents.findOne({ 'shares.email': email }, { projection: { shares: 1 } });
+    return doc?.shares.find((s) => s.pending && s.email === email)?.userId ?? randomUUID();
   }
 
   async removeShare(caller: Caller, id: string, userId: string): Promise<void> {
@@ -339,19 +364,21 @@ export class DocumentService {
 
   /** Runs `write` holding the claim on `doc`'s next version; undefined when another writer holds it. */
   private async claimed<T>(doc: DocumentRecord, write: () => Promise<T | undefined>): Promise<T | undefined> {
-    const claimId = `${doc._id}:${doc.version + 1}`;
+    const claim = { _id: `${doc._id}:${doc.version + 1}`, at: new Date() };
     try {
-      await this.claims.insertOne({ _id: claimId, at: new Date() });
+      await this.claims.insertOne(claim);
     } catch (error) {
       if (!isDuplicateKey(error)) throw error;
-      await this.releaseIfStale(claimId);
+      await this.releaseIfStale(claim._id);
       return undefined;
     }
     try {
       return await write();
     } finally {
       // Once the write is done, later writers see the new version and no longer need the claim.
-      await this.claims.deleteOne({ _id: claimId });
+      // Matched on `at` too, so a claim taken over as stale is left to its new holder. A failure
+      // here must not undo a write that happened: the claim goes stale and is taken over.
+      await this.claims.deleteOne(claim).catch(() => undefined);
     }
   }
 

@@ -31,7 +31,10 @@ interface VerifiedToken {
 }
 
 const MAX_CACHED_TOKENS = 5000;
-/** A cached verification is redone at least this often, so a key removed from the JWKS stops working. */
+/**
+ * A cached verification is redone at least this often. (A key removed from the provider's JWKS
+ * can still verify for up to this plus the key set's own 10-minute cache.)
+ */
 const MAX_CACHE_MS = 5 * 60_000;
 
 export interface VerifierOptions {
@@ -93,7 +96,10 @@ export class AccessTokenVerifier {
         requiredClaims: ['sub', 'client_id', 'exp', 'iat', 'jti'],
       }));
     } catch (error) {
-      throw invalidToken(describe(error));
+      const reason = describe(error);
+      if (reason) throw invalidToken(reason);
+      this.options.logger.error({ err: error, jwksUri: this.options.jwksUri }, 'verifying an access token failed: the key set is unavailable');
+      throw new ApiProblem('server-error', 503, 'Access tokens cannot be verified right now. Try again shortly.', { headers: { 'Retry-After': '5' } });
     }
     const { sub, client_id: clientId, scope } = payload;
     if (typeof sub !== 'string' || typeof clientId !== 'string' || (scope !== undefined && typeof scope !== 'string')) {
@@ -116,15 +122,25 @@ export class AccessTokenVerifier {
   }
 }
 
-/** A short reason for the client; never echoes the token. */
-function describe(error: unknown): string {
+/**
+ * A short reason for the client (it goes into a quoted WWW-Authenticate parameter, so it has no
+ * quotes or backslashes), or undefined when the token was not at fault: the provider's key set
+ * could not be fetched, which is answered as a server problem, not as a bad token.
+ */
+function describe(error: unknown): string | undefined {
   if (error instanceof joseErrors.JWTExpired) return 'the token has expired';
-  if (error instanceof joseErrors.JWTClaimValidationFailed) return `the token's "${error.claim}" claim is not accepted here`;
+  if (error instanceof joseErrors.JWTClaimValidationFailed) {
+    return error.claim === 'typ' ? 'the token is not an access token (typ)' : `the ${error.claim} claim is not accepted here`;
+  }
   if (error instanceof joseErrors.JWSSignatureVerificationFailed) return 'the token signature is not valid';
-  if (error instanceof joseErrors.JWKSNoMatchingKey) return 'the token was not signed by a key of this provider';
-  if (error instanceof joseErrors.JOSEAlgNotAllowed) return 'the token is signed with an algorithm that is not accepted';
-  if (error instanceof joseErrors.JWKSTimeout || error instanceof joseErrors.JOSENotSupported) return 'the token could not be verified';
-  return 'the token is malformed';
+  if (error instanceof joseErrors.JWKSNoMatchingKey || error instanceof joseErrors.JWKSMultipleMatchingKeys) {
+    return 'the token was not signed by a key of this provider';
+  }
+  if (error instanceof joseErrors.JOSEAlgNotAllowed || error instanceof joseErrors.JOSENotSupported) {
+    return 'the token is signed with an algorithm that is not accepted';
+  }
+  if (error instanceof joseErrors.JWTInvalid || error instanceof joseErrors.JWSInvalid) return 'the token is malformed';
+  return undefined;
 }
 
 const REALM = 'Bearer realm="documents"';
@@ -141,7 +157,8 @@ export function insufficientScope(scope: string): ApiProblem {
   });
 }
 
-const BEARER = /^Bearer ([A-Za-z0-9\-._~+/]+=*)$/;
+// RFC 9110: the scheme name is case-insensitive.
+const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*)$/i;
 
 /**
  * Authenticates the request from its Authorization header and puts the caller on
@@ -157,7 +174,13 @@ export function bearer(verifier: AccessTokenVerifier): Middleware {
       });
     }
     const match = BEARER.exec(header);
-    if (!match) throw invalidToken('the Authorization header is not a Bearer token');
+    if (!match) {
+      // Another scheme (Basic, ...) is not a bad token: RFC 6750 3.1 gives the challenge alone.
+      if (!/^Bearer\b/i.test(header)) {
+        throw new ApiProblem('invalid-token', 401, 'This API takes bearer access tokens only.', { headers: { 'WWW-Authenticate': REALM } });
+      }
+      throw invalidToken('the Authorization header is malformed');
+    }
     ctx.state.caller = await verifier.verify(match[1]!);
     await next();
   };

@@ -28,6 +28,10 @@ const loginForm = z.object({
 
 const consentForm = z.object({ _csrf: z.string(), decision: z.enum(['allow', 'deny']) }).strict();
 
+function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[]] {
+  return [items.filter(test), items.filter((item) => !test(item))];
+}
+
 export interface InteractionDeps {
   provider: Provider;
   accounts: AccountService;
@@ -127,7 +131,13 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
     const details = prompt.details as {
       missingOIDCScope?: string[]; missingOIDCClaims?: string[]; missingResourceScopes?: Record<string, string[]>;
     };
-    if (details.missingOIDCScope) grant.addOIDCScope(details.missingOIDCScope.join(' '));
+    if (details.missingOIDCScope) {
+      // The documents scopes are granted per resource (below), never as OIDC scopes; rejecting
+      // them here records the decision, so consent is not asked again for them.
+      const [documentsScopes, oidcScopes] = partition(details.missingOIDCScope, isDocumentsScope);
+      if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
+      if (documentsScopes.length) grant.rejectOIDCScope(documentsScopes.join(' '));
+    }
     if (details.missingOIDCClaims) grant.addOIDCClaims(details.missingOIDCClaims);
     for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) {
       grant.addResourceScope(indicator, scopes.join(' '));

@@ -74,7 +74,6 @@ function stopChild(child: ChildProcess): Promise<void> {
   });
 }
 
-/** Builds (once) and returns the path of the FerretDB wrapper binary. */
 /**
  * FerretDB v1.24.2's SQLite backend indexes `_id` as `_ferretdb_sjson->"_id"` but queries it as
  * `_ferretdb_sjson->'$._id'`. SQLite only uses an expression index for the same expression, so
@@ -109,6 +108,7 @@ function preparePatchedBuild(source: string, workDir: string): string {
   return wrapper;
 }
 
+/** Builds (once) and returns the path of the FerretDB wrapper binary. */
 export function ensureFerretDbBinary(say: Say): string {
   const source = path.join(projectRoot(), 'scripts', 'ferretdb');
   // Keyed by the wrapper's source and the patch too, so a change to either is rebuilt rather

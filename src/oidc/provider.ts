@@ -139,8 +139,8 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
           return {
             audience: config.documents.audience,
             scope: scopes.join(' '),
+            // Lifetime: TTL_ACCESS_TOKEN for users, TTL_CLIENT_CREDENTIALS for clients (ttl above).
             accessTokenFormat: 'jwt',
-            accessTokenTTL: config.ttl.accessToken,
             jwt: { sign: { alg: 'ES256' } },
           };
         },

@@ -21,6 +21,8 @@ interface RevocationRecord {
 
 export type RevocationSubject = 'account' | 'client';
 
+const RETENTION_MARGIN_MS = 10 * 60_000;
+
 export class TokenRevocations {
   private readonly records: Collection<RevocationRecord>;
   private readonly lifetimeMs: number;
@@ -42,12 +44,18 @@ export class TokenRevocations {
   async revoke(subject: RevocationSubject, id: string): Promise<void> {
     const now = new Date();
     const key = `${subject}:${id}`;
-    const record = { notAfter: now, expiresAt: new Date(now.getTime() + this.lifetimeMs) };
+    // Kept a little beyond the longest token life: verification allows clock skew, and other
+    // instances read the records only every few seconds.
+    const record = { notAfter: now, expiresAt: new Date(now.getTime() + this.lifetimeMs + RETENTION_MARGIN_MS) };
     await this.records.updateOne({ _id: key }, { $set: record }, { upsert: true });
     this.snapshot.set(key, now.getTime());
   }
 
-  /** True when the token (issued at `iat`, seconds) belongs to a revoked account or client. */
+  /**
+   * True when the token (issued at `iat`, seconds) belongs to a revoked account or client. Token
+   * times have one-second resolution, so a token issued in the same second as the revocation is
+   * refused too: the safe side of the ambiguity.
+   */
   isRevoked(accountId: string | undefined, clientId: string, iat: number): boolean {
     const issuedAt = iat * 1000;
     const account = accountId === undefined ? undefined : this.snapshot.get(`account:${accountId}`);
