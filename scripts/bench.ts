@@ -79,6 +79,9 @@ const issuer = `http://127.0.0.1:${port}`;
 const env = {
   NODE_ENV: 'test', ISSUER: issuer, HOST: '127.0.0.1', PORT: String(port), MONGODB_URI: mongoUri, REDIS_URL: redisUrl,
   COOKIE_KEYS: 'bench-cookie-key-0123456789abcdefghijklmnop', LOG_LEVEL: 'info',
+  // Every simulated user signs in from 127.0.0.1: limits per IP would measure the limiter.
+  RATE_LIMIT_SIGNIN_PER_IP: '1000000/60', RATE_LIMIT_SIGNIN_PER_ACCOUNT: '1000000/60', RATE_LIMIT_MFA_PER_ACCOUNT: '1000000/60',
+  RATE_LIMIT_TOKEN_PER_CLIENT: '1000000/60',
 };
 
 /** A failure before the measurements must not leave the throwaway database and Redis running. */

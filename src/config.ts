@@ -46,6 +46,22 @@ export interface Config {
     readonly grant: number;
   };
   readonly argon2: { readonly memoryKiB: number; readonly timeCost: number; readonly parallelism: number };
+  readonly accounts: {
+    /** Self-service registration page (default: on except in production). */
+    readonly registrationEnabled: boolean;
+    /** Refuse sign-in until the email address is verified. */
+    readonly requireVerifiedEmail: boolean;
+    readonly passwordMinLength: number;
+  };
+  readonly mail: {
+    /** smtp:// or smtps:// URL; undefined in development means "write .eml files to outboxDir". */
+    readonly smtpUrl: string | undefined;
+    readonly from: string;
+    readonly outboxDir: string;
+  };
+  readonly rateLimits: Readonly<Record<RateLimitName, Limit>>;
+  /** Consecutive failed sign-ins lock an account for baseSeconds, doubling up to maxSeconds. */
+  readonly lockout: { readonly threshold: number; readonly baseSeconds: number; readonly maxSeconds: number };
   readonly documents: {
     /** The API's resource indicator: the `aud` of every access token it accepts. */
     readonly audience: string;
@@ -58,6 +74,18 @@ export interface Config {
     readonly corsOrigins: readonly string[];
   };
 }
+
+/** A rate limit: at most `points` events per `seconds`. */
+export interface Limit {
+  readonly points: number;
+  readonly seconds: number;
+}
+
+export const RATE_LIMIT_NAMES = [
+  'signinPerIp', 'signinPerAccount', 'mfaPerAccount', 'registerPerIp', 'registerPerEmail',
+  'resetPerIp', 'resetPerEmail', 'verifyPerIp', 'verifyPerEmail', 'tokenPerClient',
+] as const;
+export type RateLimitName = (typeof RATE_LIMIT_NAMES)[number];
 
 export class ConfigError extends Error {
   readonly problems: readonly string[];
@@ -177,6 +205,34 @@ function readDocuments(r: Reader, issuer: string, isProduction: boolean): Config
   };
 }
 
+/** RATE_LIMIT_* variables: "points/seconds", e.g. "30/60" for 30 per minute. */
+const RATE_LIMIT_DEFAULTS: Record<RateLimitName, [env: string, points: number, seconds: number]> = {
+  signinPerIp: ['RATE_LIMIT_SIGNIN_PER_IP', 30, 60],
+  signinPerAccount: ['RATE_LIMIT_SIGNIN_PER_ACCOUNT', 10, 300],
+  mfaPerAccount: ['RATE_LIMIT_MFA_PER_ACCOUNT', 10, 300],
+  registerPerIp: ['RATE_LIMIT_REGISTER_PER_IP', 10, 3600],
+  registerPerEmail: ['RATE_LIMIT_REGISTER_PER_EMAIL', 3, 3600],
+  resetPerIp: ['RATE_LIMIT_RESET_PER_IP', 10, 3600],
+  resetPerEmail: ['RATE_LIMIT_RESET_PER_EMAIL', 3, 3600],
+  verifyPerIp: ['RATE_LIMIT_VERIFY_PER_IP', 10, 3600],
+  verifyPerEmail: ['RATE_LIMIT_VERIFY_PER_EMAIL', 3, 3600],
+  tokenPerClient: ['RATE_LIMIT_TOKEN_PER_CLIENT', 600, 60],
+};
+
+function readRateLimits(r: Reader): Config['rateLimits'] {
+  const limits = {} as Record<RateLimitName, Limit>;
+  for (const name of RATE_LIMIT_NAMES) {
+    const [env, points, seconds] = RATE_LIMIT_DEFAULTS[name];
+    const value = r.raw(env);
+    const match = value === undefined ? undefined : /^(\d{1,7})\/(\d{1,6})$/.exec(value);
+    if (value !== undefined && (!match || Number(match[1]) < 1 || Number(match[2]) < 1)) {
+      r.problems.push(`${env}: expected "points/seconds" such as "${points}/${seconds}", got "${value}"`);
+    }
+    limits[name] = match ? { points: Number(match[1]), seconds: Number(match[2]) } : { points, seconds };
+  }
+  return limits;
+}
+
 const LOCALHOST = new Set(['localhost', '127.0.0.1', '[::1]']);
 
 function readIssuer(r: Reader, port: number, isProduction: boolean): string {
@@ -274,12 +330,29 @@ export function loadConfig(env: Env): Config {
       timeCost: r.int('ARGON2_TIME_COST', 2, 2, 20),
       parallelism: r.int('ARGON2_PARALLELISM', 1, 1, 16),
     },
+    accounts: {
+      registrationEnabled: r.bool('REGISTRATION_ENABLED', !isProduction),
+      requireVerifiedEmail: r.bool('REQUIRE_VERIFIED_EMAIL', false),
+      passwordMinLength: r.int('PASSWORD_MIN_LENGTH', 12, 8, 64),
+    },
+    mail: {
+      smtpUrl: r.url('SMTP_URL', ['smtp:', 'smtps:']),
+      from: r.string('MAIL_FROM', 'oidc-idp <no-reply@localhost>'),
+      outboxDir: path.resolve(r.string('LOCAL_DATA_DIR', '.data'), 'mail'),
+    },
+    rateLimits: readRateLimits(r),
+    lockout: {
+      threshold: r.int('LOCKOUT_THRESHOLD', 5, 2, 100),
+      baseSeconds: r.int('LOCKOUT_BASE_SECONDS', 30, 1, 86_400),
+      maxSeconds: r.int('LOCKOUT_MAX_SECONDS', 3600, 1, 7 * 86_400),
+    },
     documents: readDocuments(r, issuer, isProduction),
   };
 
   if (isProduction) {
     if (!config.mongodbUri) r.problems.push('MONGODB_URI: required in production');
     if (!config.redisUrl) r.problems.push('REDIS_URL: required in production (rate limits must be shared by all instances)');
+    if (!config.mail.smtpUrl) r.problems.push('SMTP_URL: required in production (verification and reset mail)');
     // The server speaks plain HTTP, so an https issuer means TLS ends at a proxy, and only a
     // trusted X-Forwarded-Proto lets Secure cookies be set.
     if (config.secureTransport && !config.trustProxy) {

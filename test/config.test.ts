@@ -15,6 +15,7 @@ const PRODUCTION = {
   ISSUER: 'https://id.example.com',
   MONGODB_URI: 'mongodb://db.internal:27017/idp',
   REDIS_URL: 'rediss://cache.internal:6380',
+  SMTP_URL: 'smtps://mailer:secret@smtp.internal:465',
   COOKIE_KEYS: `${COOKIE_KEY},${'o'.repeat(40)}`,
   TRUST_PROXY: 'true',
 };
@@ -116,6 +117,11 @@ describe('malformed values', () => {
     ['DOCUMENTS_FILE_TYPES', 'application/pdf,not a type'],
     ['DOCUMENTS_API_CORS_ORIGINS', 'https://app.example.com/path'],
     ['DOCUMENTS_API_CORS_ORIGINS', '*'],
+    ['RATE_LIMIT_SIGNIN_PER_IP', '30'],
+    ['RATE_LIMIT_TOKEN_PER_CLIENT', '0/60'],
+    ['SMTP_URL', 'http://mail'],
+    ['PASSWORD_MIN_LENGTH', '6'],
+    ['LOCKOUT_THRESHOLD', '1'],
   ])('%s=%s is reported on one line naming the variable', (variable, value) => {
     const error = configError({ [variable]: value });
     expect(error.problems).toHaveLength(1);
@@ -158,7 +164,7 @@ describe('production', () => {
     expect(error.problems[0]).toMatch(/^TRUST_PROXY: /);
   });
 
-  test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL'])('refuses to start without %s', (variable) => {
+  test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL', 'SMTP_URL'])('refuses to start without %s', (variable) => {
     const env: Record<string, string> = { ...PRODUCTION };
     delete env[variable];
     const error = configError(env);
