@@ -15,9 +15,13 @@
  * throwaway directory instead of being discarded, and the bench counts the 'fetching the provider
  * key set' lines logged from the first API request (seeding included) to the end of the documents
  * scenarios: the API verifies tokens against a cached JWKS, so this should be 1, not one per request.
+ * The ratelimit scenario times, in this process against the same Redis, the limiter work each
+ * sign-in does before hashing (signinPerIp and signinPerAccount consumed and the lockout read,
+ * concurrently, as src/interactions/routes.ts does): p50/p99 of a few thousand sequential checks,
+ * printed under the table (target: p50 < 1 ms).
  * Peak RSS is the server process's VmHWM. Options: BENCH_SECONDS (default 10), BENCH_CONNECTIONS
  * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_DOCUMENTS (documents seeded, default 200), BENCH_ONLY (comma-separated: discovery, jwks,
- * client_credentials, signin, doc_get, doc_list, doc_create; default: all), BENCH_NODE_ARGS (node
+ * client_credentials, signin, doc_get, doc_list, doc_create, ratelimit; default: all), BENCH_NODE_ARGS (node
  * flags for the provider; default: the production heap settings).
  */
 import { spawn } from 'node:child_process';
@@ -26,19 +30,23 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import autocannon from 'autocannon';
+import { Redis } from 'ioredis';
 import { Browser, readForm } from '../test/support/browser.ts';
 import { loadConfig } from '../src/config.ts';
 import { freePort, projectRoot, startEphemeralMongo, startEphemeralRedis, type LocalService } from '../src/local/services.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { storeNewJwks } from '../src/oidc/keys.ts';
 import { openServices } from '../src/services.ts';
+import { Lockout } from '../src/security/lockout.ts';
+import { LimiterStore, RateLimits } from '../src/security/rate-limit.ts';
 
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const signinConcurrency = Number(process.env.BENCH_SIGNIN_CONCURRENCY ?? 8);
 /** The heap settings `npm start` and the Docker image use by default. */
 const PRODUCTION_NODE_ARGS = '--max-semi-space-size=4 --max-old-space-size=192';
-const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin,doc_get,doc_list,doc_create').split(','));
+const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin,doc_get,doc_list,doc_create,ratelimit').split(','));
+const RATE_LIMIT_CHECKS = 3000;
 const DOC_SCENARIOS = ['doc_get', 'doc_list', 'doc_create'] as const;
 const documentsSelected = DOC_SCENARIOS.some((name) => only.has(name));
 /** Documents the API holds for the bench client before the documents scenarios start. */
@@ -130,7 +138,9 @@ const rows: Row[] = [];
 /** When the documents phase (token, seeding, scenarios) began and ended, in the log's epoch ms. */
 let documentsWindow: { from: number; to?: number } | undefined;
 let jwksFetches: number | undefined;
+let rateLimitLatency: RateLimitLatency | undefined;
 try {
+  if (only.has('ratelimit')) rateLimitLatency = await rateLimitCheck();
   if (only.has('discovery')) rows.push(await cannon('discovery', { url: `${issuer}/.well-known/openid-configuration` }));
   if (only.has('jwks')) rows.push(await cannon('JWKS', { url: `${issuer}/jwks` }));
   if (only.has('client_credentials')) rows.push(await cannon('client_credentials token', {
@@ -165,7 +175,7 @@ try {
   await Promise.allSettled(started.map((s) => s.stop()));
   if (documentsWindow) jwksFetches = countJwksFetches(serverLog, documentsWindow.from, documentsWindow.to ?? Date.now());
   fs.rmSync(dir, { recursive: true, force: true });
-  print(rows, rss, jwksFetches);
+  print(rows, rss, jwksFetches, rateLimitLatency);
 }
 
 /** RFC 6749 section 2.3.1: client id and secret are form-urlencoded before HTTP Basic. */
@@ -304,19 +314,46 @@ async function signIns(): Promise<Row> {
   return { name: `complete sign-ins (x${signinConcurrency})`, rps: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, total: latencies.length };
 }
 
+interface RateLimitLatency { p50: number; p99: number; checks: number }
+
+/** Times the sign-in's limiter work (see the top of this file); the keys are the bench's own. */
+async function rateLimitCheck(): Promise<RateLimitLatency> {
+  const redis = new Redis(redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+  await new Promise((resolve) => redis.once('ready', resolve));
+  try {
+    const config = loadConfig(env);
+    const store = new LimiterStore(redis, createLogger('error', 2));
+    const rateLimits = new RateLimits(config.rateLimits, store);
+    const lockout = new Lockout(config.lockout, store);
+    const [ip, email] = ['192.0.2.1', 'ratelimit-bench@example.com'];
+    const latencies: number[] = [];
+    // The first checks load the Lua script into Redis and warm up the JIT; they are not counted.
+    for (let i = -200; i < RATE_LIMIT_CHECKS; i += 1) {
+      const t0 = performance.now();
+      await Promise.all([rateLimits.consume('signinPerIp', ip), rateLimits.consume('signinPerAccount', email), lockout.lockedFor(email)]);
+      if (i >= 0) latencies.push(performance.now() - t0);
+    }
+    latencies.sort((a, b) => a - b);
+    return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), checks: latencies.length };
+  } finally {
+    redis.disconnect();
+  }
+}
+
 function targetCell(r: Row): string {
   if (!r.target) return '';
   const met = r.rps >= r.target.rps && r.p99 < r.target.p99 && r.errors === 0;
   return `>= ${r.target.rps.toLocaleString('en-US')} req/s, p99 < ${r.target.p99} ms: ${met ? 'met' : 'missed'}`;
 }
 
-function print(result: Row[], rss: number, jwksFetchCount: number | undefined): void {
+function print(result: Row[], rss: number, jwksFetchCount: number | undefined, rateLimit: RateLimitLatency | undefined): void {
   const lines = [
     `| scenario | req/s | p50 ms | p99 ms | completed | errors | target |`,
     `|---|---:|---:|---:|---:|---:|---|`,
     ...result.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.total} | ${r.errors} | ${targetCell(r)} |`),
     '',
     ...(documentsSelected ? [`JWKS fetches during documents scenarios: ${jwksFetchCount ?? 'unknown (the provider log could not be read)'}`] : []),
+    ...(rateLimit ? [`Rate-limit check per sign-in (signinPerIp + signinPerAccount + lockout, ${rateLimit.checks} sequential, Redis): p50 ${rateLimit.p50.toFixed(3)} ms, p99 ${rateLimit.p99.toFixed(3)} ms; target p50 < 1 ms: ${rateLimit.p50 < 1 ? 'met' : 'missed'}`] : []),
     `Peak RSS of the provider process: ${rss.toFixed(0)} MB`,
     `Node ${process.version}, ${os.cpus().length} cores, database: ${process.env.MONGODB_URI ? 'MONGODB_URI' : 'local throwaway server'}`,
   ];

@@ -6,13 +6,16 @@ const USAGE = `usage: npm run -s client -- <command>
   create --name NAME --redirect-uri URI [--redirect-uri URI2] [--post-logout-redirect-uri URI]
          [--public] [--grant-type T ...] [--scope "openid profile email offline_access"]
          [--application-type web|native] [--id-token-signing-alg ES256|EdDSA|RS256]
+         [--require-mfa | --no-require-mfa]
   list
   show ID
   update ID [--name NAME] [--redirect-uri URI ...] [--post-logout-redirect-uri URI ...]
             [--grant-type T ...] [--scope S] [--application-type web|native] [--id-token-signing-alg A]
+            [--require-mfa | --no-require-mfa]
   rotate-secret ID
   delete ID
-grant types: authorization_code, refresh_token, client_credentials (default: the first two)`;
+grant types: authorization_code, refresh_token, client_credentials (default: the first two)
+--require-mfa: users of this client must sign in with two-step verification`;
 
 const metadataOptions = {
   name: { type: 'string' },
@@ -22,9 +25,12 @@ const metadataOptions = {
   scope: { type: 'string' },
   'application-type': { type: 'string' },
   'id-token-signing-alg': { type: 'string' },
+  'require-mfa': { type: 'boolean' },
+  'no-require-mfa': { type: 'boolean' },
 } as const;
 
 function toInput(values: Record<string, string | boolean | (string | boolean)[] | undefined>): ClientInput {
+  if (values['require-mfa'] && values['no-require-mfa']) throw new UsageError('use either --require-mfa or --no-require-mfa');
   const applicationType = values['application-type'];
   if (applicationType !== undefined && applicationType !== 'web' && applicationType !== 'native') {
     throw new UsageError('--application-type must be web or native');
@@ -38,6 +44,7 @@ function toInput(values: Record<string, string | boolean | (string | boolean)[] 
     applicationType,
     idTokenSigningAlg: values['id-token-signing-alg'] as string | undefined,
     isPublic: values.public as boolean | undefined,
+    requireMfa: values['require-mfa'] ? true : values['no-require-mfa'] ? false : undefined,
   };
 }
 

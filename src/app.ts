@@ -9,8 +9,11 @@ import views from 'koa-views';
 import Router from '@koa/router';
 import { documentsApi } from './documents/routes.ts';
 import { interactionRoutes } from './interactions/routes.ts';
+import { accountPages } from './accounts/account-pages.ts';
+import { selfServiceRoutes } from './accounts/self-service.ts';
 import { isAppError } from './http/errors.ts';
 import { securityHeaders } from './security/headers.ts';
+import { RateLimitedError, tokenRateLimit } from './security/rate-limit.ts';
 import { requestLog } from './observability/request-log.ts';
 import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
@@ -28,7 +31,10 @@ function wantsJson(ctx: Context): boolean {
 
 export function createApp(services: Services): Koa {
   const { config, provider, logger } = services;
-  const app = new Koa({ proxy: config.trustProxy, keys: [...services.cookieKeys] });
+  // maxIpsCount 1: behind the (one) trusted proxy, the client address is the entry that proxy
+  // appended to X-Forwarded-For; entries before it were written by the client and could dodge
+  // the limits per address.
+  const app = new Koa({ proxy: config.trustProxy, maxIpsCount: 1, keys: [...services.cookieKeys] });
 
   app.use(requestLog(logger));
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
@@ -50,6 +56,7 @@ export function createApp(services: Services): Koa {
       if (status >= 500) logger.error({ err: error, requestId, path: ctx.path }, 'request failed');
       else logger.info({ status, code: known ? error.code : undefined, requestId, path: ctx.path }, 'request refused');
       ctx.status = status;
+      if (error instanceof RateLimitedError) ctx.set('Retry-After', String(error.retryAfterSeconds));
       if (wantsJson(ctx)) {
         ctx.type = 'application/problem+json';
         ctx.body = { type: 'about:blank', title: message, status };
@@ -84,12 +91,27 @@ export function createApp(services: Services): Koa {
   }));
 
   const interactions = interactionRoutes({
-    provider, accounts: services.accounts, logger, secureCookies: config.secureTransport,
+    provider, accounts: services.accounts, logger, config,
+    rateLimits: services.rateLimits, lockout: services.lockout, mfa: services.mfa, challenges: services.mfaChallenges,
   });
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());
 
+  const selfService = selfServiceRoutes({
+    config, accounts: services.accounts, tokens: services.accountTokens, mailer: services.mailer,
+    rateLimits: services.rateLimits, audit: services.audit, logger,
+  });
+  app.use(selfService.routes());
+  app.use(selfService.allowedMethods());
+  const account = accountPages({
+    config, provider, store: services.store, accounts: services.accounts, mfa: services.mfa,
+    mailer: services.mailer, audit: services.audit, logger,
+  });
+  app.use(account.routes());
+  app.use(account.allowedMethods());
+
   app.use(staticDocuments(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
+  app.use(tokenRateLimit(services.rateLimits));
   app.use(mount(provider));
   return app;
 }

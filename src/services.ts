@@ -9,17 +9,23 @@ import mongoose, { type Connection } from 'mongoose';
 import { Redis } from 'ioredis';
 import { ArtifactStore } from '../adapters/mongodb.ts';
 import { PasswordHasher } from './accounts/password.ts';
+import { MfaService } from './accounts/mfa.ts';
 import { AccountService } from './accounts/service.ts';
 import type { Config } from './config.ts';
 import { AuditLog } from './audit/log.ts';
 import { DocumentService } from './documents/service.ts';
 import { AccessTokenVerifier } from './documents/token.ts';
 import { ensureDevMongo } from './local/services.ts';
+import { createMailer, type Mailer } from './mail/mailer.ts';
 import type { Logger } from './observability/logger.ts';
 import { ClientService } from './oidc/clients.ts';
 import { loadSigningKeys } from './oidc/keys.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
-import { createProvider } from './oidc/provider.ts';
+import { ACCOUNT_CONSOLE_CLIENT_ID, createProvider } from './oidc/provider.ts';
+import { AccountTokens } from './accounts/tokens.ts';
+import { MfaChallenges } from './interactions/mfa-challenges.ts';
+import { Lockout } from './security/lockout.ts';
+import { LimiterStore, RateLimits } from './security/rate-limit.ts';
 import type { Provider } from 'oidc-provider';
 
 export interface Services {
@@ -29,6 +35,8 @@ export interface Services {
   readonly redis: Redis | undefined;
   readonly store: ArtifactStore;
   readonly accounts: AccountService;
+  /** TOTP second factor and recovery codes. */
+  readonly mfa: MfaService;
   readonly provider: Provider;
   readonly clients: ClientService;
   readonly documents: DocumentService;
@@ -36,6 +44,15 @@ export interface Services {
   /** Verifies the documents API's access tokens (keys cached from the provider's JWKS). */
   readonly tokenVerifier: AccessTokenVerifier;
   readonly revocations: TokenRevocations;
+  /** Shared through Redis; per instance, in memory, while Redis is away. */
+  readonly rateLimits: RateLimits;
+  readonly lockout: Lockout;
+  /** Account e-mail: SMTP, or .eml files in the outbox without SMTP_URL (development only). */
+  readonly mailer: Mailer;
+  /** Single-use mailed links (email verification, password reset). */
+  readonly accountTokens: AccountTokens;
+  /** Sign-ins waiting for their second step. */
+  readonly mfaChallenges: MfaChallenges;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
   /** Closes connections and timers; safe to call once. */
@@ -58,7 +75,9 @@ function connectRedis(config: Config, logger: Logger): Redis | undefined {
     logger.warn('REDIS_URL is not set: running without Redis (development only)');
     return undefined;
   }
-  const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
+  // commandTimeout: a Redis that accepts connections but does not answer must not hold requests;
+  // the rate limits then fall back to memory like for a Redis that is down.
+  const redis = new Redis(config.redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1, commandTimeout: 500 });
   let reported = false;
   redis.on('error', (error: Error) => {
     if (!reported) logger.warn({ err: { message: error.message } }, 'redis unavailable; retrying in the background');
@@ -72,11 +91,14 @@ function connectRedis(config: Config, logger: Logger): Redis | undefined {
 }
 
 export async function openServices(config: Config, logger: Logger): Promise<Services> {
+  // First: a missing mail view stops start-up before anything is connected.
+  const mailer = createMailer(config, logger);
   const connection = await connectMongo(config, logger);
   let redis: Redis | undefined;
   let stopSweeper = () => {};
   let stopRevocations = () => {};
   let stopAuditRetention = () => {};
+  let stopMaintenance = () => {};
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
@@ -95,6 +117,18 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       await Promise.all([store.revokeAccount(id), revocations.revoke('account', id)]);
     });
     await accounts.ensureIndexes();
+    const accountTokens = new AccountTokens(connection);
+    await accountTokens.ensureIndexes();
+    const mfaChallenges = new MfaChallenges(connection);
+    await mfaChallenges.ensureIndexes();
+    const maintenance = setInterval(() => {
+      Promise.all([accountTokens.sweep(), mfaChallenges.sweep()])
+        .catch((error: unknown) => logger.error({ err: error }, 'sweeping expired account tokens failed'));
+    }, 10 * 60_000);
+    maintenance.unref();
+    stopMaintenance = () => clearInterval(maintenance);
+    const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
+    await mfa.ensureIndexes();
     const audit = new AuditLog(connection, logger);
     await audit.ensureIndexes(config.auditRetentionDays);
     stopAuditRetention = audit.startRetention();
@@ -117,16 +151,25 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
     }
     const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger });
     const clients = new ClientService(store, provider, revocations);
+    await clients.ensure(ACCOUNT_CONSOLE_CLIENT_ID, {
+      name: 'Your account', isPublic: true, grantTypes: ['authorization_code'], scope: 'openid',
+      redirectUris: [`${config.issuer}/account/callback`],
+    });
+    const limiters = new LimiterStore(redis, logger);
+    const rateLimits = new RateLimits(config.rateLimits, limiters);
+    const lockout = new Lockout(config.lockout, limiters);
 
     let closed = false;
     return {
-      config, logger, connection, redis, store, accounts, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
+      config, logger, connection, redis, store, accounts, mfa, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
+      rateLimits, lockout, mailer, accountTokens, mfaChallenges,
       async close() {
         if (closed) return;
         closed = true;
         stopSweeper();
         stopRevocations();
         stopAuditRetention();
+        stopMaintenance();
         await Promise.allSettled([connection.close(), redis?.disconnect()]);
       },
     };
@@ -134,6 +177,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
     stopSweeper();
     stopRevocations();
     stopAuditRetention();
+    stopMaintenance();
     await Promise.allSettled([connection.close(), redis?.disconnect()]);
     throw error;
   }

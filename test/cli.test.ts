@@ -108,7 +108,8 @@ describe('client', () => {
 
   test('list and show never print a secret; show of an unknown id fails', async () => {
     const listed = await ok<Client[]>('client', 'list');
-    expect(listed.map((c) => c.client_id)).toEqual([confidential.client_id, publicClient.client_id, service.client_id]);
+    // The provider's own account pages are a client too, registered at start.
+    expect(listed.map((c) => c.client_id).sort()).toEqual(['account-console', confidential.client_id, publicClient.client_id, service.client_id].sort());
     for (const client of listed) expect(client).not.toHaveProperty('client_secret');
 
     const shown = await ok<Client>('client', 'show', confidential.client_id);

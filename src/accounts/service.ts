@@ -58,14 +58,14 @@ function isDuplicateKey(error: unknown): boolean {
 export class AccountService {
   private readonly accounts: AccountModel;
   private readonly hasher: PasswordHasher;
-  private readonly signOutEverywhere: (accountId: string) => Promise<void>;
+  private readonly endEverything: (accountId: string) => Promise<void>;
   private readonly createdListeners: ((account: AccountView) => Promise<void>)[] = [];
 
   /** signOutEverywhere ends an account's sessions and revokes its grants and tokens. */
   constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>) {
     this.accounts = accountModel(connection);
     this.hasher = hasher;
-    this.signOutEverywhere = signOutEverywhere;
+    this.endEverything = signOutEverywhere;
   }
 
   /** Runs after each account is created (other modules react without accounts knowing them). */
@@ -108,6 +108,49 @@ export class AccountService {
   }
 
   /**
+   * Self-service registration. An email that already has an account is not an error here: the
+   * caller answers both cases alike, and the same argon2 work is done either way so timing does
+   * not tell them apart.
+   */
+  async register(input: { email: string; name: string; password: string }): Promise<{ account: AccountView; created: boolean }> {
+    const existing = await this.get(input.email);
+    if (existing) {
+      await this.hasher.hash(input.password);
+      return { account: existing, created: false };
+    }
+    try {
+      return { account: await this.create({ ...input, emailVerified: false }), created: true };
+    } catch (error) {
+      // Registered by a concurrent request since the lookup above.
+      if (error instanceof AppError && error.code === 'email_taken') return { account: await this.require(input.email), created: false };
+      throw error;
+    }
+  }
+
+  async setName(id: string, name: string): Promise<AccountView> {
+    await this.accounts.updateOne({ _id: id }, { name: name.trim() || undefined });
+    return this.require(id);
+  }
+
+  /** Whether `password` is the account's current password (same argon2 cost either way). */
+  async checkPassword(id: string, password: string): Promise<boolean> {
+    const record = await this.accounts.findOne({ _id: id, disabled: false }).lean();
+    const valid = await this.hasher.verify(record?.passwordHash, password);
+    return record !== null && valid;
+  }
+
+  /** Ends every session of the account and revokes its grants and tokens. */
+  async signOutEverywhere(id: string): Promise<void> {
+    await this.endEverything(id);
+  }
+
+  /** Marks the address verified, if it is still the account's address (the link proves that one). */
+  async markEmailVerified(id: string, email: string): Promise<boolean> {
+    const { matchedCount } = await this.accounts.updateOne({ _id: id, email }, { emailVerified: true });
+    return matchedCount === 1;
+  }
+
+  /**
    * Password sign-in. Returns the account id, or undefined for every kind of failure (unknown
    * email, wrong password, disabled account) after the same amount of argon2 work, so neither the
    * answer nor its timing tells whether an email is registered.
@@ -143,7 +186,7 @@ export class AccountService {
     const { id } = await this.require(idOrEmail);
     await this.accounts.updateOne({ _id: id }, { disabled });
     // Re-enabling must not bring back what was issued before the account was disabled.
-    if (disabled) await this.signOutEverywhere(id);
+    if (disabled) await this.endEverything(id);
     return this.require(id);
   }
 
@@ -152,7 +195,7 @@ export class AccountService {
     this.validatePassword(password);
     await this.accounts.updateOne({ _id: id }, { passwordHash: await this.hasher.hash(password) });
     // A password is reset because the old one may be known: end what it may have opened.
-    await this.signOutEverywhere(id);
+    await this.endEverything(id);
     return this.require(id);
   }
 
@@ -169,7 +212,7 @@ export class AccountService {
     const current = await this.require(idOrEmail);
     const next = validRoles(roles);
     await this.accounts.updateOne({ _id: current.id }, { roles: next });
-    if (current.roles.some((role) => !next.includes(role))) await this.signOutEverywhere(current.id);
+    if (current.roles.some((role) => !next.includes(role))) await this.endEverything(current.id);
     return this.require(current.id);
   }
 

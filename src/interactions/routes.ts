@@ -9,12 +9,17 @@ import { bodyParser } from '@koa/bodyparser';
 import type { Context } from 'koa';
 import { errors, type Interaction, type InteractionResults, type Provider } from 'oidc-provider';
 import { z } from 'zod';
-import type { AccountService } from '../accounts/service.ts';
+import { normalizeEmail, type AccountService } from '../accounts/service.ts';
 import { PASSWORD_MAX_LENGTH } from '../accounts/password.ts';
 import { AppError } from '../http/errors.ts';
 import type { Logger } from '../observability/logger.ts';
-import { isDocumentsScope, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
+import { ACR_MFA, ACR_PASSWORD, isDocumentsScope, mfaRequired, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
+import type { Lockout } from '../security/lockout.ts';
+import type { Config } from '../config.ts';
+import type { MfaService } from '../accounts/mfa.ts';
+import type { MfaChallenges } from './mfa-challenges.ts';
+import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
 
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
 export const LOGIN_FAILED = 'The email or password is incorrect.';
@@ -26,6 +31,11 @@ const loginForm = z.object({
   password: z.string().min(1).max(PASSWORD_MAX_LENGTH),
 }).strict();
 
+const mfaForm = z.object({ _csrf: z.string(), code: z.string().max(40) }).strict();
+
+/** How long the second step may wait after the password. */
+const MFA_CHALLENGE_SECONDS = 5 * 60;
+
 const consentForm = z.object({ _csrf: z.string(), decision: z.enum(['allow', 'deny']) }).strict();
 
 function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[]] {
@@ -36,10 +46,14 @@ export interface InteractionDeps {
   provider: Provider;
   accounts: AccountService;
   logger: Logger;
-  secureCookies: boolean;
+  config: Config;
+  rateLimits: RateLimits;
+  lockout: Lockout;
+  mfa: MfaService;
+  challenges: MfaChallenges;
 }
 
-export function interactionRoutes({ provider, accounts, logger, secureCookies }: InteractionDeps): Router {
+export function interactionRoutes({ provider, accounts, logger, config, rateLimits, lockout, mfa, challenges }: InteractionDeps): Router {
   const router = new Router({ prefix: '/interaction' });
 
   // Small limits: a login form is well under 1 kB, and large bodies are refused (413) before
@@ -56,7 +70,7 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
       throw error;
     }
   });
-  router.use(csrf({ secure: secureCookies }));
+  router.use(csrf({ secure: config.secureTransport }));
 
   /**
    * Records the result on the interaction already loaded for this request and sends the browser
@@ -72,13 +86,42 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
 
   async function renderLogin(ctx: Context, uid: string, clientId: unknown, error?: string, email = ''): Promise<void> {
     const client = typeof clientId === 'string' ? await provider.Client.find(clientId) : undefined;
-    await ctx.render('login', { title: 'Sign in', uid, clientName: client?.clientName, error, email });
+    await ctx.render('login', {
+      title: 'Sign in', uid, clientName: client?.clientName, error, email, registration: config.accounts.registrationEnabled,
+    });
+  }
+
+  async function renderMfa(ctx: Context, uid: string, clientId: unknown, error?: string): Promise<void> {
+    const client = typeof clientId === 'string' ? await provider.Client.find(clientId) : undefined;
+    await ctx.render('mfa', { title: 'Two-step verification', uid, clientName: client?.clientName, error });
+  }
+
+  /**
+   * Why this sign-in must wait, if it must: the limits per address and per email, and the email's
+   * lockout. Keyed by the submitted email whether or not it has an account, so a refusal says
+   * nothing about which emails exist.
+   */
+  async function signInRefusal(ip: string, email: string | undefined): Promise<RateLimitedError | undefined> {
+    const waitFor = (check: Promise<void>) => check.then(() => 0, (error: unknown) => {
+      if (error instanceof RateLimitedError) return error.retryAfterSeconds;
+      throw error;
+    });
+    const waits = await Promise.all([
+      waitFor(rateLimits.consume('signinPerIp', ip)),
+      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email)), lockout.lockedFor(email)]),
+    ]);
+    const wait = Math.max(...waits);
+    return wait > 0 ? new RateLimitedError(wait) : undefined;
   }
 
   router.get('/:uid', async (ctx) => {
     const { uid, prompt, params } = await provider.interactionDetails(ctx.req, ctx.res);
     if (uid !== ctx.params.uid) throw new errors.SessionNotFound('interaction mismatch');
-    if (prompt.name === 'login') return renderLogin(ctx, uid, params.client_id);
+    if (prompt.name === 'login') {
+      // A reload between the password and the code shows the code page again.
+      if (await challenges.pending(uid)) return renderMfa(ctx, uid, params.client_id);
+      return renderLogin(ctx, uid, params.client_id);
+    }
     if (prompt.name !== 'consent') throw new AppError('unsupported_prompt', 'This request needs a step this server does not offer.', 400);
 
     const client = await provider.Client.find(String(params.client_id));
@@ -101,16 +144,74 @@ export function interactionRoutes({ provider, accounts, logger, secureCookies }:
     if (uid !== ctx.params.uid || prompt.name !== 'login') throw new errors.SessionNotFound('interaction mismatch');
 
     const form = loginForm.safeParse(ctx.request.body);
+    const email = form.success ? normalizeEmail(form.data.email) : undefined;
+    // Checked before any hashing, so refused attempts cost no argon2 work.
+    const refusal = await signInRefusal(ctx.ip, email);
+    if (refusal) {
+      logger.info({ uid, retryAfter: refusal.retryAfterSeconds }, 'sign-in refused: too many attempts');
+      ctx.status = 429;
+      ctx.set('Retry-After', String(refusal.retryAfterSeconds));
+      return renderLogin(ctx, uid, params.client_id, refusal.message, form.success ? form.data.email : '');
+    }
     // A malformed submission (missing field, object or array where text belongs, operator
     // injection) is a failed sign-in like any other; no hashing is done for it.
     const accountId = form.success ? await accounts.authenticate(form.data.email, form.data.password) : undefined;
-    if (!accountId) {
-      logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form' }, 'sign-in failed');
+    if (!accountId || email === undefined) {
+      // Counted for unknown emails too: a lock then says nothing about the account, and both
+      // answers take the same work (and time).
+      const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
+      logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form', lockSeconds }, 'sign-in failed');
       ctx.status = 401;
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
     }
+    await lockout.recordSuccess(email);
+
+    if (config.accounts.requireVerifiedEmail && !(await accounts.get(accountId))?.email_verified) {
+      // Only after the right password, so it tells nothing to someone who does not have it.
+      ctx.status = 403;
+      return renderLogin(ctx, uid, params.client_id, 'Verify your email address first: follow the link we sent you, or ask for a new one at /verify-email/resend.', email);
+    }
+    if ((await mfa.status(accountId)).enabled) {
+      await challenges.start(uid, accountId, MFA_CHALLENGE_SECONDS);
+      logger.info({ uid, accountId }, 'password accepted; waiting for the second step');
+      return renderMfa(ctx, uid, params.client_id);
+    }
+    const client = await provider.Client.find(String(params.client_id));
+    if (mfaRequired(params, client)) {
+      ctx.status = 403;
+      return renderLogin(ctx, uid, params.client_id, 'This application requires two-step verification. Turn it on from your account page (/account), then sign in again.', email);
+    }
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'] } });
+    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'], acr: ACR_PASSWORD } });
+  });
+
+  router.post('/:uid/mfa', async (ctx) => {
+    const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+    const { uid, prompt, params } = interaction;
+    if (uid !== ctx.params.uid || prompt.name !== 'login') throw new errors.SessionNotFound('interaction mismatch');
+    const accountId = await challenges.pending(uid);
+    if (!accountId) throw new errors.SessionNotFound('no second step pending');
+
+    try {
+      await rateLimits.consume('mfaPerAccount', accountId);
+    } catch (error) {
+      if (!(error instanceof RateLimitedError)) throw error;
+      ctx.status = 429;
+      ctx.set('Retry-After', String(error.retryAfterSeconds));
+      return renderMfa(ctx, uid, params.client_id, error.message);
+    }
+    const form = mfaForm.safeParse(ctx.request.body);
+    const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
+    if (!factor) {
+      logger.info({ uid, accountId }, 'second step failed');
+      ctx.status = 401;
+      return renderMfa(ctx, uid, params.client_id, 'That code is not valid. Enter the current code from your app, or an unused recovery code.');
+    }
+    await challenges.end(uid);
+    logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
+    // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
+    const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
+    await finish(ctx, interaction, { login: { accountId, amr, acr: ACR_MFA } });
   });
 
   router.post('/:uid/consent', async (ctx) => {

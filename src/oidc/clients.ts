@@ -24,10 +24,13 @@ export interface ClientInput {
   applicationType?: 'web' | 'native' | undefined;
   /** ES256 (the default), EdDSA or RS256. */
   idTokenSigningAlg?: string | undefined;
+  /** Accept only sign-ins with two-step verification. */
+  requireMfa?: boolean | undefined;
 }
 
 export interface StoredClient extends ClientMetadata {
   client_id: string;
+  require_mfa?: boolean;
   client_id_issued_at: number;
   client_updated_at?: number;
 }
@@ -85,6 +88,8 @@ export class ClientService {
     const alg = input.idTokenSigningAlg ?? base.id_token_signed_response_alg;
     // Checked against the enabled algorithms by oidc-provider's validation below.
     if (alg) metadata.id_token_signed_response_alg = alg as ClientMetadata['id_token_signed_response_alg'];
+    const requireMfa = input.requireMfa ?? base.require_mfa;
+    if (requireMfa) metadata.require_mfa = true;
     if (!isPublic) metadata.client_secret = base.client_secret ?? newSecret();
     if (base.client_id) metadata.client_updated_at = Math.floor(Date.now() / 1000);
     if (usesRedirects && metadata.redirect_uris!.length === 0) {
@@ -108,6 +113,15 @@ export class ClientService {
     return this.validateAndStore(this.metadataFrom(input, {}));
   }
 
+  /**
+   * Creates or updates a client with a fixed id (the provider's own account pages), so every
+   * instance agrees on it and a restart changes nothing.
+   */
+  async ensure(clientId: string, input: ClientInput): Promise<StoredClient> {
+    const current = await this.get(clientId);
+    return this.validateAndStore(this.metadataFrom(input, current ?? { client_id: clientId }));
+  }
+
   async get(clientId: string): Promise<StoredClient | undefined> {
     return (await this.adapter.find(clientId)) as StoredClient | undefined;
   }
@@ -120,7 +134,7 @@ export class ClientService {
 
   /** Lists clients without their secrets. */
   async list(): Promise<Omit<StoredClient, 'client_secret'>[]> {
-    const docs = await this.store.collection('Client').find().sort({ 'payload.client_id_issued_at': 1 }).toArray();
+    const docs = await this.store.collection('Client').find().sort({ 'payload.client_id_issued_at': 1, _id: 1 }).toArray();
     return docs.map(({ payload }) => {
       const { client_secret: _secret, ...rest } = readPayload(payload) as StoredClient;
       return rest;

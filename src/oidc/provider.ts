@@ -8,7 +8,7 @@
  * - ES256 signs ID tokens by default (see keys.ts).
  * @see https://github.com/panva/node-oidc-provider/blob/main/docs/README.md
  */
-import { errors, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
+import { errors, interactionPolicy, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Config } from '../config.ts';
@@ -19,6 +19,35 @@ export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] 
 
 /** Scopes of the documents API (a resource server, so not OIDC scopes). */
 export const DOCUMENTS_SCOPES = ['documents:read', 'documents:write', 'documents:admin'] as const;
+/** Authentication context classes (the `acr` claim): password alone, or password and a second factor. */
+export const ACR_PASSWORD = 'urn:oidc-idp:acr:pwd';
+export const ACR_MFA = 'urn:oidc-idp:acr:mfa';
+
+/** The provider's own account pages sign in through the provider like any client (src/accounts/account-pages.ts). */
+export const ACCOUNT_CONSOLE_CLIENT_ID = 'account-console';
+
+/** Whether this authorization request must end with two-step verification. */
+export function mfaRequired(params: Record<string, unknown> | undefined, client: Client | undefined): boolean {
+  const acrValues = typeof params?.acr_values === 'string' ? params.acr_values.split(' ') : [];
+  return acrValues.includes(ACR_MFA) || (client as { require_mfa?: unknown } | undefined)?.require_mfa === true;
+}
+
+/**
+ * oidc-provider's default prompts, plus: a session signed in with the password alone does not
+ * satisfy a request that requires two-step verification, so it is asked to sign in again.
+ */
+function interactionPolicyWithMfa() {
+  const policy = interactionPolicy.base();
+  policy.get('login')!.checks.add(new interactionPolicy.Check('mfa_required', 'two-step verification is required', (ctx) => {
+    const { oidc } = ctx;
+    const satisfied = oidc.session?.acr === ACR_MFA || oidc.result?.login !== undefined;
+    return oidc.session?.accountId && !satisfied && mfaRequired(oidc.params, oidc.client)
+      ? interactionPolicy.Check.REQUEST_PROMPT
+      : interactionPolicy.Check.NO_NEED_TO_PROMPT;
+  }));
+  return policy;
+}
+
 /** documents:admin is only ever granted to accounts holding this role. */
 export const ADMIN_ROLE = 'admin';
 
@@ -81,7 +110,11 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     // getResourceServerInfo below.
     scopes: [...SCOPES, ...DOCUMENTS_SCOPES],
     claims: {
-      openid: ['sub'],
+      // oidc-provider's standalone defaults, kept when replacing the map.
+      acr: null, auth_time: null, sid: null, iss: null,
+      // How the user signed in travels with `openid`, so every ID token says it (RFC 8176 amr;
+      // acr is ACR_PASSWORD or ACR_MFA), not only those that ask with the claims parameter.
+      openid: ['sub', 'acr', 'amr', 'auth_time'],
       profile: ['name', 'updated_at'],
       email: ['email', 'email_verified'],
       roles: ['roles'],
@@ -115,7 +148,28 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       Grant: config.ttl.grant,
     },
     interactions: {
+      policy: interactionPolicyWithMfa(),
       url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
+    },
+    acrValues: [ACR_PASSWORD, ACR_MFA],
+    // `require_mfa`: the client only accepts sign-ins with a second factor (`client update --require-mfa`).
+    extraClientMetadata: {
+      properties: ['require_mfa'],
+      validator: (_ctx, key, value) => {
+        if (key === 'require_mfa' && value !== undefined && typeof value !== 'boolean') {
+          throw new errors.InvalidClientMetadata('require_mfa must be true or false');
+        }
+      },
+    },
+    // The account pages are part of the provider: signing in to them needs no consent screen.
+    loadExistingGrant: async (ctx) => {
+      const grantId = ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session!.grantIdFor(ctx.oidc.client!.clientId);
+      if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+      if (ctx.oidc.client!.clientId !== ACCOUNT_CONSOLE_CLIENT_ID || !ctx.oidc.session?.accountId) return undefined;
+      const grant = new ctx.oidc.provider.Grant({ clientId: ACCOUNT_CONSOLE_CLIENT_ID, accountId: ctx.oidc.session.accountId });
+      grant.addOIDCScope('openid');
+      await grant.save();
+      return grant;
     },
     features: {
       devInteractions: { enabled: false },

@@ -1,0 +1,254 @@
+/**
+ * The account pages (/account): profile, password, two-step verification, connected apps and
+ * "sign out everywhere" for the signed-in user. They read oidc-provider's own session cookie; with
+ * no session they sign in through the provider like any app, as the first-party client
+ * ACCOUNT_CONSOLE_CLIENT_ID (no consent screen, see loadExistingGrant in src/oidc/provider.ts), so
+ * the sign-in (with its rate limits, lockout and second step) is the same one apps get.
+ * Every form has a CSRF token; every change is audit-logged.
+ */
+import { createHash, randomBytes } from 'node:crypto';
+import Router from '@koa/router';
+import { bodyParser } from '@koa/bodyparser';
+import type { Context } from 'koa';
+import type { Provider } from 'oidc-provider';
+import { z } from 'zod';
+import { readPayload, type ArtifactStore } from '../../adapters/mongodb.ts';
+import type { AuditLog } from '../audit/log.ts';
+import type { Config } from '../config.ts';
+import { AppError } from '../http/errors.ts';
+import type { Mailer } from '../mail/mailer.ts';
+import type { Logger } from '../observability/logger.ts';
+import { ACCOUNT_CONSOLE_CLIENT_ID } from '../oidc/provider.ts';
+import { csrf } from '../security/csrf.ts';
+import { passwordHint, passwordProblems } from '../security/password-policy.ts';
+import { MfaError, type MfaService } from './mfa.ts';
+import type { AccountService, AccountView } from './service.ts';
+
+const NOTICES = {
+  'name-saved': 'Your name is saved.',
+  'mfa-on': 'Two-step verification is on.',
+  'mfa-off': 'Two-step verification is off.',
+  'app-removed': 'The app no longer has access to your account.',
+} as const;
+type Notice = keyof typeof NOTICES;
+
+const profileForm = z.strictObject({ _csrf: z.string(), name: z.string().max(100) });
+const passwordForm = z.strictObject({ _csrf: z.string(), current: z.string().max(1024), password: z.string().max(1024) });
+const codeForm = z.strictObject({ _csrf: z.string(), code: z.string().max(40) });
+const confirmPasswordForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024) });
+const disableForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024), code: z.string().max(40) });
+const revokeForm = z.strictObject({ _csrf: z.string(), grant: z.string().max(200) });
+
+export interface AccountPagesDeps {
+  config: Config;
+  provider: Provider;
+  store: ArtifactStore;
+  accounts: AccountService;
+  mfa: MfaService;
+  mailer: Mailer;
+  audit: AuditLog;
+  logger: Logger;
+}
+
+export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger }: AccountPagesDeps): Router {
+  const router = new Router({ prefix: '/account' });
+  const policy = { minLength: config.accounts.passwordMinLength };
+
+  router.use(async (ctx, next) => {
+    ctx.set('Cache-Control', 'no-store');
+    await next();
+  });
+  router.use(bodyParser({ enableTypes: ['form'], formLimit: '8kb', encoding: 'utf-8' }));
+  router.use(csrf({ secure: config.secureTransport }));
+
+  /** The signed-in account, or a redirect to sign in (answered here) and undefined. */
+  async function signedIn(ctx: Context): Promise<AccountView | undefined> {
+    const session = await provider.Session.get(ctx);
+    const account = session.accountId ? await accounts.get(session.accountId) : undefined;
+    if (account && !account.disabled) return account;
+    ctx.redirect('/account/sign-in');
+    return undefined;
+  }
+
+  const record = (ctx: Context, action: string, accountId: string, outcome: 'success' | 'denied' = 'success', reason?: string) =>
+    audit.record({
+      actor: { sub: accountId, clientId: ACCOUNT_CONSOLE_CLIENT_ID }, action, target: accountId, outcome, ...(reason ? { reason } : {}),
+      ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
+    });
+
+  const notifyMfaChange = (account: AccountView, enabled: boolean) => {
+    mailer.send({ to: account.email, template: 'mfa-changed', data: { name: account.name, enabled, when: new Date().toISOString() } })
+      .catch((error: unknown) => logger.error({ err: error }, 'sending the two-step verification notice failed'));
+  };
+
+  async function connectedApps(accountId: string) {
+    const grants = await store.collection('Grant').find({ 'payload.accountId': accountId }).toArray();
+    const live = grants.filter((g) => !g.expiresAt || g.expiresAt.getTime() > Date.now()).map((g) => ({ id: g._id, payload: readPayload(g.payload) }));
+    const apps = [];
+    for (const { id, payload } of live) {
+      const clientId = String(payload.clientId);
+      if (clientId === ACCOUNT_CONSOLE_CLIENT_ID) continue;
+      const client = await provider.Client.find(clientId);
+      const resources = Object.values((payload.resources ?? {}) as Record<string, string>);
+      const scopes = [String((payload.openid as { scope?: string } | undefined)?.scope ?? ''), ...resources]
+        .join(' ').split(' ').filter((s) => s && s !== 'openid');
+      apps.push({ grantId: id, name: client?.clientName ?? clientId, scopes: [...new Set(scopes)] });
+    }
+    return apps;
+  }
+
+  async function renderAccount(ctx: Context, account: AccountView, errors: string[] = []): Promise<void> {
+    const notice = typeof ctx.query.notice === 'string' && ctx.query.notice in NOTICES ? NOTICES[ctx.query.notice as Notice] : '';
+    await ctx.render('account', {
+      title: 'Your account', account, notice, errors, mfa: await mfa.status(account.id),
+      apps: await connectedApps(account.id), hint: passwordHint(policy), minLength: policy.minLength,
+    });
+  }
+
+  const done = (ctx: Context, notice: Notice) => {
+    ctx.status = 303;
+    ctx.redirect(`/account?notice=${notice}`);
+  };
+
+  router.get('/', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (account) await renderAccount(ctx, account);
+  });
+
+  // Sign-in: an authorization request as the first-party client. The code that comes back is not
+  // needed (the provider's session cookie is what the pages read), so it is left to expire.
+  router.get('/sign-in', (ctx) => {
+    const verifier = randomBytes(32).toString('base64url');
+    const url = new URL('/auth', config.issuer);
+    url.search = new URLSearchParams({
+      client_id: ACCOUNT_CONSOLE_CLIENT_ID, response_type: 'code', scope: 'openid',
+      redirect_uri: `${config.issuer}/account/callback`, state: randomBytes(16).toString('base64url'),
+      code_challenge: createHash('sha256').update(verifier).digest('base64url'), code_challenge_method: 'S256',
+    }).toString();
+    ctx.redirect(url.toString());
+  });
+
+  router.get('/callback', (ctx) => {
+    if (typeof ctx.query.error === 'string') throw new AppError('sign_in_failed', 'Signing in to your account did not complete. Try again.', 400);
+    ctx.redirect('/account');
+  });
+
+  router.post('/profile', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = profileForm.safeParse(ctx.request.body);
+    if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
+    await accounts.setName(account.id, form.data.name);
+    await record(ctx, 'account.profile.update', account.id);
+    done(ctx, 'name-saved');
+  });
+
+  router.post('/password', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = passwordForm.safeParse(ctx.request.body);
+    if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
+    if (!(await accounts.checkPassword(account.id, form.data.current))) {
+      await record(ctx, 'account.password.change', account.id, 'denied', 'wrong_password');
+      ctx.status = 400;
+      return renderAccount(ctx, account, ['Your current password is not correct.']);
+    }
+    const problems = passwordProblems(form.data.password, account.email, policy);
+    if (problems.length) {
+      ctx.status = 400;
+      return renderAccount(ctx, account, problems);
+    }
+    // Signs the account out everywhere, this browser included.
+    await accounts.setPassword(account.id, form.data.password);
+    await record(ctx, 'account.password.change', account.id);
+    mailer.send({ to: account.email, template: 'password-changed', data: { name: account.name, when: new Date().toISOString(), signInLink: `${config.issuer}/account` } })
+      .catch((error: unknown) => logger.error({ err: error }, 'sending the password notice failed'));
+    await ctx.render('message', {
+      title: 'Password changed', heading: 'Password changed',
+      paragraphs: ['Your new password is set, and you have been signed out everywhere.'],
+      link: { href: '/account', text: 'Sign in again' },
+    });
+  });
+
+  router.get('/mfa/setup', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    if ((await mfa.status(account.id)).enabled) return done(ctx, 'mfa-on');
+    await ctx.render('mfa-setup', { title: 'Set up two-step verification', error: '', ...(await mfa.beginEnrolment(account.id, account.email)) });
+  });
+
+  router.post('/mfa/setup', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = codeForm.safeParse(ctx.request.body);
+    try {
+      const codes = await mfa.confirmEnrolment(account.id, form.success ? form.data.code : '');
+      await record(ctx, 'account.mfa.enable', account.id);
+      notifyMfaChange(account, true);
+      await ctx.render('recovery-codes', { title: 'Your recovery codes', codes });
+    } catch (error) {
+      if (!(error instanceof MfaError)) throw error;
+      ctx.status = 400;
+      await ctx.render('mfa-setup', {
+        title: 'Set up two-step verification', error: 'That code did not match. Enter the current code from your app.',
+        ...(await mfa.beginEnrolment(account.id, account.email)),
+      });
+    }
+  });
+
+  router.post('/mfa/recovery-codes', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = confirmPasswordForm.safeParse(ctx.request.body);
+    if (!form.success || !(await accounts.checkPassword(account.id, form.data.password))) {
+      ctx.status = 400;
+      return renderAccount(ctx, account, ['Your password is not correct.']);
+    }
+    const codes = await mfa.regenerateRecoveryCodes(account.id);
+    await record(ctx, 'account.mfa.recovery-codes', account.id);
+    await ctx.render('recovery-codes', { title: 'Your recovery codes', codes });
+  });
+
+  router.post('/mfa/disable', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = disableForm.safeParse(ctx.request.body);
+    try {
+      await mfa.disable(account.id, form.success ? form.data.password : '', form.success ? form.data.code : '');
+    } catch (error) {
+      if (!(error instanceof MfaError)) throw error;
+      await record(ctx, 'account.mfa.disable', account.id, 'denied', error.code);
+      ctx.status = 400;
+      return renderAccount(ctx, account, ['Your password or the code is not correct.']);
+    }
+    await record(ctx, 'account.mfa.disable', account.id);
+    notifyMfaChange(account, false);
+    done(ctx, 'mfa-off');
+  });
+
+  router.post('/apps/revoke', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    const form = revokeForm.safeParse(ctx.request.body);
+    const grant = form.success ? await store.adapterFor('Grant').find(form.data.grant) : undefined;
+    // Only the account's own grants: another id answers as if it did not exist.
+    if (!grant || grant.accountId !== account.id) throw new AppError('not_found', 'That app is not connected to your account.', 404);
+    await store.revokeGrant(form.data!.grant);
+    await record(ctx, 'account.app.revoke', account.id);
+    done(ctx, 'app-removed');
+  });
+
+  router.post('/sign-out-everywhere', async (ctx) => {
+    const account = await signedIn(ctx);
+    if (!account) return;
+    await accounts.signOutEverywhere(account.id);
+    await record(ctx, 'account.sign-out-everywhere', account.id);
+    await ctx.render('message', {
+      title: 'Signed out everywhere', heading: 'Signed out everywhere',
+      paragraphs: ['Every session of your account has ended, and apps need you to sign in again.'],
+      link: { href: '/account', text: 'Sign in again' },
+    });
+  });
+
+  return router;
+}

@@ -1,0 +1,251 @@
+/**
+ * Self-service pages outside any sign-in: registration, email verification (and resending it),
+ * and password reset. None of them tells whether an email has an account: every form answers the
+ * same page, the mail goes out after the answer (so its cost is not in the response time), and
+ * registration does the same argon2 work for a taken address as for a new one.
+ *
+ * Links in mail carry the token in the query string: the request log never records queries, and
+ * every page sends Referrer-Policy: no-referrer. Opening a link only shows a button; the token is
+ * spent by the POST, so mail scanners that prefetch links do not use it up.
+ */
+import Router from '@koa/router';
+import { bodyParser } from '@koa/bodyparser';
+import type { Context } from 'koa';
+import { z } from 'zod';
+import type { AuditLog } from '../audit/log.ts';
+import type { Config } from '../config.ts';
+import { AppError } from '../http/errors.ts';
+import type { Mailer, MailMessage } from '../mail/mailer.ts';
+import type { Logger } from '../observability/logger.ts';
+import { csrf } from '../security/csrf.ts';
+import { passwordHint, passwordProblems } from '../security/password-policy.ts';
+import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
+import { normalizeEmail, type AccountService } from './service.ts';
+import type { AccountTokens } from './tokens.ts';
+
+const VERIFY_TTL_SECONDS = 24 * 3600;
+const RESET_TTL_SECONDS = 3600;
+const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,253}\.[^\s@]{1,63}$/;
+
+const registerForm = z.strictObject({
+  _csrf: z.string(),
+  email: z.string().max(254),
+  name: z.string().max(100),
+  password: z.string().max(1024),
+});
+const emailForm = z.strictObject({ _csrf: z.string(), email: z.string().max(254) });
+const tokenForm = z.strictObject({ _csrf: z.string(), token: z.string().max(100) });
+const resetForm = z.strictObject({ _csrf: z.string(), token: z.string().max(100), password: z.string().max(1024) });
+
+export interface SelfServiceDeps {
+  config: Config;
+  accounts: AccountService;
+  tokens: AccountTokens;
+  mailer: Mailer;
+  rateLimits: RateLimits;
+  audit: AuditLog;
+  logger: Logger;
+}
+
+export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits, audit, logger }: SelfServiceDeps): Router {
+  const router = new Router();
+  const policy = { minLength: config.accounts.passwordMinLength };
+  const link = (path: string, token?: string) => `${config.issuer}${path}${token ? `?token=${encodeURIComponent(token)}` : ''}`;
+
+  router.use(['/register', '/verify-email', '/verify-email/resend', '/forgot', '/reset'], async (ctx, next) => {
+    ctx.set('Cache-Control', 'no-store');
+    await next();
+  });
+  router.use(bodyParser({ enableTypes: ['form'], formLimit: '8kb', encoding: 'utf-8' }));
+  router.use(csrf({ secure: config.secureTransport }));
+
+  /** Sends after the answer has gone out; a failure is logged (the page cannot say it without leaking). */
+  function sendLater(message: MailMessage): void {
+    setImmediate(() => {
+      mailer.send(message).catch((error: unknown) => logger.error({ err: error, template: message.template }, 'sending account mail failed'));
+    });
+  }
+
+  function record(ctx: Context, action: string, accountId: string | null, outcome: 'success' | 'denied' = 'success', reason?: string) {
+    return audit.record({
+      actor: { sub: accountId, clientId: null }, action, target: accountId, outcome, ...(reason ? { reason } : {}),
+      ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
+    });
+  }
+
+  /** Consumes the named limits; over one, answers 429 with Retry-After and returns the message to show. */
+  async function limited(ctx: Context, checks: [Parameters<RateLimits['consume']>[0], string][]): Promise<string | undefined> {
+    try {
+      for (const [name, key] of checks) await rateLimits.consume(name, key);
+      return undefined;
+    } catch (error) {
+      if (!(error instanceof RateLimitedError)) throw error;
+      ctx.status = 429;
+      ctx.set('Retry-After', String(error.retryAfterSeconds));
+      return `Too many requests. ${tryAgainIn(error.retryAfterSeconds)}`;
+    }
+  }
+
+  const message = (ctx: Context, heading: string, paragraphs: string[], next?: { href: string; text: string }) =>
+    ctx.render('message', { title: heading, heading, paragraphs, link: next });
+
+  // --- registration -------------------------------------------------------------------------
+
+  function requireRegistration(): void {
+    if (!config.accounts.registrationEnabled) throw new AppError('registration_closed', 'Registration is not open on this server.', 404);
+  }
+
+  const renderRegister = (ctx: Context, values: { email?: string; name?: string }, errors: string[] = []) =>
+    ctx.render('register', {
+      title: 'Create an account', errors, email: values.email ?? '', name: values.name ?? '',
+      hint: passwordHint(policy), minLength: policy.minLength,
+    });
+
+  router.get('/register', async (ctx) => {
+    requireRegistration();
+    await renderRegister(ctx, {});
+  });
+
+  router.post('/register', async (ctx) => {
+    requireRegistration();
+    const form = registerForm.safeParse(ctx.request.body);
+    if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
+    const email = normalizeEmail(form.data.email);
+    const name = form.data.name.trim();
+    const tooMany = await limited(ctx, [['registerPerIp', ctx.ip], ['registerPerEmail', email]]);
+    if (tooMany) return renderRegister(ctx, { email, name }, [tooMany]);
+
+    const errors = [
+      ...(EMAIL.test(email) ? [] : ['Enter a valid email address.']),
+      ...(name ? [] : ['Enter your name.']),
+      ...passwordProblems(form.data.password, email, policy),
+    ];
+    if (errors.length) {
+      ctx.status = 400;
+      return renderRegister(ctx, { email, name }, errors);
+    }
+
+    const { account, created } = await accounts.register({ email, name, password: form.data.password });
+    if (created) {
+      const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email }, VERIFY_TTL_SECONDS);
+      sendLater({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
+      await record(ctx, 'account.register', account.id);
+    } else {
+      sendLater({ to: account.email, template: 'account-exists', data: { name: account.name, signInLink: config.issuer, resetLink: link('/forgot') } });
+      await record(ctx, 'account.register', account.id, 'denied', 'email_taken');
+    }
+    await message(ctx, 'Check your inbox', [
+      `We sent a message to ${email}. Follow the link in it to finish setting up your account.`,
+      'If nothing arrives within a few minutes, check your spam folder.',
+    ]);
+  });
+
+  // --- email verification -------------------------------------------------------------------
+
+  const invalidLink = (ctx: Context, retry: { href: string; text: string }) => {
+    ctx.status = 400;
+    return message(ctx, 'This link has expired', ['The link is invalid, has expired or was already used.'], retry);
+  };
+
+  router.get('/verify-email', async (ctx) => {
+    const token = typeof ctx.query.token === 'string' ? ctx.query.token : '';
+    if (!(await tokens.peek('verify-email', token))) return invalidLink(ctx, { href: '/verify-email/resend', text: 'Send a new link' });
+    await ctx.render('confirm-token', {
+      title: 'Verify your email', heading: 'Verify your email', text: 'Confirm that this address is yours.',
+      action: '/verify-email', token, button: 'Verify my email',
+    });
+  });
+
+  router.post('/verify-email', async (ctx) => {
+    const form = tokenForm.safeParse(ctx.request.body);
+    const subject = form.success ? await tokens.consume('verify-email', form.data.token) : undefined;
+    if (!subject || !(await accounts.markEmailVerified(subject.accountId, subject.email))) {
+      return invalidLink(ctx, { href: '/verify-email/resend', text: 'Send a new link' });
+    }
+    await record(ctx, 'account.email.verify', subject.accountId);
+    await message(ctx, 'Email verified', ['Your email address is verified. You can close this page and return to the application.']);
+  });
+
+  const renderEmailForm = (ctx: Context, page: 'resend' | 'forgot', email = '', error = '') =>
+    ctx.render('email-form', page === 'resend'
+      ? { title: 'Verify your email', heading: 'Send a new verification link', text: 'Enter the address you registered with.', action: '/verify-email/resend', button: 'Send link', email, error }
+      : { title: 'Reset your password', heading: 'Reset your password', text: 'Enter the address of your account and we will send you a link to choose a new password.', action: '/forgot', button: 'Send link', email, error });
+
+  router.get('/verify-email/resend', (ctx) => renderEmailForm(ctx, 'resend'));
+
+  router.post('/verify-email/resend', async (ctx) => {
+    const form = emailForm.safeParse(ctx.request.body);
+    if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
+    const email = normalizeEmail(form.data.email);
+    const tooMany = await limited(ctx, [['verifyPerIp', ctx.ip], ['verifyPerEmail', email]]);
+    if (tooMany) return renderEmailForm(ctx, 'resend', email, tooMany);
+    const account = await accounts.get(email);
+    if (account && !account.email_verified && !account.disabled) {
+      setImmediate(() => {
+        void (async () => {
+          await tokens.revokeAll('verify-email', account.id);
+          const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email }, VERIFY_TTL_SECONDS);
+          await mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
+        })().catch((error: unknown) => logger.error({ err: error }, 'resending a verification link failed'));
+      });
+    }
+    await message(ctx, 'Check your inbox', [`If ${email} has an account that still needs verifying, a new link is on its way.`]);
+  });
+
+  // --- password reset -----------------------------------------------------------------------
+
+  router.get('/forgot', (ctx) => renderEmailForm(ctx, 'forgot'));
+
+  router.post('/forgot', async (ctx) => {
+    const form = emailForm.safeParse(ctx.request.body);
+    if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
+    const email = normalizeEmail(form.data.email);
+    const tooMany = await limited(ctx, [['resetPerIp', ctx.ip], ['resetPerEmail', email]]);
+    if (tooMany) return renderEmailForm(ctx, 'forgot', email, tooMany);
+    // Everything about the account happens after the answer, so existing and unknown addresses
+    // answer in the same time.
+    setImmediate(() => {
+      void (async () => {
+        const account = await accounts.get(email);
+        if (!account || account.disabled) return;
+        await tokens.revokeAll('reset-password', account.id);
+        const token = await tokens.issue('reset-password', { accountId: account.id, email: account.email }, RESET_TTL_SECONDS);
+        await mailer.send({ to: account.email, template: 'reset-password', data: { name: account.name, link: link('/reset', token), expiresInMinutes: 60 } });
+      })().catch((error: unknown) => logger.error({ err: error }, 'sending a reset link failed'));
+    });
+    await message(ctx, 'Check your inbox', [`If ${email} has an account, a link to choose a new password is on its way. It works once, within an hour.`]);
+  });
+
+  const renderReset = (ctx: Context, token: string, errors: string[] = []) =>
+    ctx.render('reset', { title: 'Choose a new password', token, errors, hint: passwordHint(policy), minLength: policy.minLength });
+
+  router.get('/reset', async (ctx) => {
+    const token = typeof ctx.query.token === 'string' ? ctx.query.token : '';
+    if (!(await tokens.peek('reset-password', token))) return invalidLink(ctx, { href: '/forgot', text: 'Send a new link' });
+    await renderReset(ctx, token);
+  });
+
+  router.post('/reset', async (ctx) => {
+    const form = resetForm.safeParse(ctx.request.body);
+    const subject = form.success ? await tokens.peek('reset-password', form.data.token) : undefined;
+    if (!form.success || !subject) return invalidLink(ctx, { href: '/forgot', text: 'Send a new link' });
+    const problems = passwordProblems(form.data.password, subject.email, policy);
+    if (problems.length) {
+      ctx.status = 400;
+      return renderReset(ctx, form.data.token, problems); // the link stays usable
+    }
+    if (!(await tokens.consume('reset-password', form.data.token))) return invalidLink(ctx, { href: '/forgot', text: 'Send a new link' });
+    // setPassword signs the account out everywhere: sessions, grants, refresh and access tokens.
+    // Two-step verification is untouched, so the next sign-in still asks for a code.
+    const account = await accounts.setPassword(subject.accountId, form.data.password);
+    await tokens.revokeAll('reset-password', account.id);
+    await record(ctx, 'account.password.reset', account.id);
+    sendLater({ to: account.email, template: 'password-changed', data: { name: account.name, when: new Date().toISOString(), signInLink: config.issuer } });
+    await message(ctx, 'Password changed', [
+      'Your new password is set, and every device that was signed in has been signed out.',
+      'Return to the application to sign in again.',
+    ]);
+  });
+
+  return router;
+}

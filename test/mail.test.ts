@@ -1,0 +1,218 @@
+/**
+ * The mailer against a real SMTP server (test/support/smtp.ts) and, without SMTP_URL, against the
+ * development outbox on disk. Logs go to memory so the tests can check what they reveal.
+ */
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { simpleParser } from 'mailparser';
+import { pino } from 'pino';
+import { loadConfig } from '../src/config.ts';
+import { freePort } from '../src/local/services.ts';
+import { createMailer, type MailMessage } from '../src/mail/mailer.ts';
+import type { Logger } from '../src/observability/logger.ts';
+import { linkFrom, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
+
+const HOSTILE = '<script>alert(1)</script>';
+const FROM = 'Example ID <id@example.com>';
+// Long enough to be wrapped by quoted-printable encoding, with an & that HTML must escape.
+const TOKEN = 'tK9_-'.repeat(12);
+const VERIFY = `https://id.example.com/verify-email?token=${TOKEN}&next=%2F`;
+const RESET = `https://id.example.com/reset-password?token=${TOKEN}&email=alice%40example.com`;
+const SIGN_IN = 'https://id.example.com/signin';
+const WHEN = '2024-05-01T12:34:56.000Z';
+
+interface Case {
+  readonly message: Omit<MailMessage, 'to'>;
+  readonly subject: string;
+  readonly links: readonly string[];
+}
+
+const CASES: Record<string, Case> = {
+  'verify-email': {
+    message: { template: 'verify-email', data: { name: HOSTILE, link: VERIFY, expiresInHours: 24 } },
+    subject: 'Confirm your email address',
+    links: [VERIFY],
+  },
+  'reset-password': {
+    message: { template: 'reset-password', data: { name: HOSTILE, link: RESET, expiresInMinutes: 30 } },
+    subject: 'Reset your password',
+    links: [RESET],
+  },
+  'password-changed': {
+    message: { template: 'password-changed', data: { name: HOSTILE, when: WHEN, signInLink: SIGN_IN } },
+    subject: 'Your password was changed',
+    links: [SIGN_IN],
+  },
+  'account-exists': {
+    message: { template: 'account-exists', data: { name: HOSTILE, signInLink: SIGN_IN, resetLink: RESET } },
+    subject: 'You already have an account',
+    links: [SIGN_IN, RESET],
+  },
+  'mfa-changed (on)': {
+    message: { template: 'mfa-changed', data: { name: HOSTILE, enabled: true, when: WHEN } },
+    subject: 'Two-step verification was turned on',
+    links: [],
+  },
+  'mfa-changed (off)': {
+    message: { template: 'mfa-changed', data: { name: HOSTILE, enabled: false, when: WHEN } },
+    subject: 'Two-step verification was turned off',
+    links: [],
+  },
+};
+
+/** A logger that keeps its JSON lines in memory. */
+function memoryLogger(): { logger: Logger; lines: Record<string, unknown>[] } {
+  const lines: Record<string, unknown>[] = [];
+  const logger = pino({ level: 'info' }, { write: (line: string) => void lines.push(JSON.parse(line) as Record<string, unknown>) });
+  return { logger, lines };
+}
+
+function escapeHtml(text: string): string {
+  return text.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll('"', '&#34;');
+}
+
+describe('with SMTP_URL', () => {
+  let capture: SmtpCapture;
+  let config: ReturnType<typeof loadConfig>;
+
+  beforeAll(async () => {
+    capture = await startSmtpCapture();
+    config = loadConfig({ NODE_ENV: 'test', SMTP_URL: capture.url, MAIL_FROM: FROM });
+  });
+  afterAll(() => capture.close());
+  beforeEach(() => capture.clear());
+
+  test.each(Object.entries(CASES))('%s: subject, addresses, both parts, links, escaped name', async (_label, { message, subject, links }) => {
+    const to = `alice+${message.template}@example.com`;
+    const { logger } = memoryLogger();
+    await createMailer(config, logger).send({ to, ...message });
+
+    const mail = await capture.waitFor((m) => m.to.includes(to));
+    expect(mail.subject).toBe(subject);
+    expect(mail.to).toEqual([to]);
+    expect(mail.from).toBe('"Example ID" <id@example.com>');
+    expect(mail.text).toMatch(/^Hello /);
+    expect(mail.html).toMatch(/^<!doctype html>/);
+    for (const link of links) {
+      expect(linkFrom(mail.text, new URL(link).pathname)).toBe(link);
+      expect(mail.html).toContain(`href="${escapeHtml(link)}"`);
+    }
+    if ('when' in message.data) {
+      expect(mail.text).toContain('01 May 2024 12:34:56');
+      expect(mail.html).toContain('01 May 2024 12:34:56');
+    }
+    // The text part is not HTML, so the name stays as typed there; the HTML part must escape it.
+    expect(mail.text).toContain(HOSTILE);
+    expect(mail.html).toContain(escapeHtml(HOSTILE));
+    expect(mail.html).not.toMatch(/<script|\bsrc=|<link|<img|url\(/i);
+  });
+
+  test('logs one line per message with the template and messageId, never the recipient or the link', async () => {
+    const { logger, lines } = memoryLogger();
+    const to = 'bob@example.com';
+    await createMailer(config, logger).send({ to, template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).toMatchObject({ level: 30, template: 'reset-password', messageId: expect.stringMatching(/^<.+>$/) });
+    expect(JSON.stringify(lines)).not.toContain('bob');
+    expect(JSON.stringify(lines)).not.toContain(TOKEN);
+  });
+
+  test('a message without a name greets plainly', async () => {
+    await createMailer(config, memoryLogger().logger).send({
+      to: 'carol@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 1 },
+    });
+    const mail = await capture.waitFor((m) => m.to.includes('carol@example.com'));
+    expect(mail.text).toMatch(/^Hello,\n/);
+    expect(mail.text).toContain('expires in 1 hour.');
+  });
+
+  test.each<[string, MailMessage['data']]>([
+    ['a missing link', { expiresInHours: 24 }],
+    ['a javascript: link', { link: 'javascript:alert(1)', expiresInHours: 24 }],
+    ['a relative link', { link: '/verify-email?token=x', expiresInHours: 24 }],
+  ])('refuses to send with %s', async (_label, data) => {
+    const send = createMailer(config, memoryLogger().logger).send({ to: 'dave@example.com', template: 'verify-email', data });
+    await expect(send).rejects.toThrow(/verify-email.*link/);
+    expect(capture.messages).toHaveLength(0);
+  });
+
+  test('rejects when the SMTP server cannot be reached', async () => {
+    const closed = loadConfig({ NODE_ENV: 'test', SMTP_URL: `smtp://127.0.0.1:${await freePort()}` });
+    const { logger, lines } = memoryLogger();
+    const send = createMailer(closed, logger).send({ to: 'erin@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } });
+    await expect(send).rejects.toThrow(/ECONNREFUSED/);
+    expect(lines).toHaveLength(0);
+  });
+});
+
+describe('without SMTP_URL (development outbox)', () => {
+  let dataDir: string;
+  beforeEach(() => {
+    dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'oidc-idp-mail-'));
+  });
+  afterEach(() => fs.rmSync(dataDir, { recursive: true, force: true }));
+
+  test('writes a complete .eml file to the outbox and logs its path and link', async () => {
+    const config = loadConfig({ NODE_ENV: 'development', LOCAL_DATA_DIR: dataDir });
+    const { logger, lines } = memoryLogger();
+    await createMailer(config, logger).send({ to: 'frank@example.com', template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+
+    const files = fs.readdirSync(config.mail.outboxDir);
+    expect(files).toEqual([expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{3}Z-reset-password-[0-9a-f]{8}\.eml$/)]);
+    const file = path.join(config.mail.outboxDir, files[0]!);
+    expect(fs.statSync(file).mode & 0o077).toBe(0);
+    const raw = fs.readFileSync(file);
+    // RFC 5322 lines end in CRLF.
+    expect(raw.toString('latin1')).toMatch(/^Subject: Reset your password\r\n/m);
+    expect(raw.toString('latin1')).not.toMatch(/[^\r]\n/);
+
+    const parsed = await simpleParser(raw);
+    expect(parsed.from?.text).toBe('"oidc-idp" <no-reply@localhost>');
+    expect(parsed.to).toMatchObject({ text: 'frank@example.com' });
+    expect(parsed.subject).toBe('Reset your password');
+    expect(parsed.messageId).toMatch(/^<.+>$/);
+    expect(parsed.date).toBeInstanceOf(Date);
+    expect(linkFrom(parsed.text ?? '')).toBe(RESET);
+    expect(parsed.html || '').toContain(`href="${escapeHtml(RESET)}"`);
+
+    expect(lines).toEqual([expect.objectContaining({ level: 30, template: 'reset-password', file, link: RESET })]);
+  });
+
+  test('a message without data.link is written and logged without a link', async () => {
+    const config = loadConfig({ NODE_ENV: 'development', LOCAL_DATA_DIR: dataDir });
+    const { logger, lines } = memoryLogger();
+    await createMailer(config, logger).send({ to: 'gina@example.com', template: 'mfa-changed', data: { enabled: true, when: WHEN } });
+
+    expect(fs.readdirSync(config.mail.outboxDir)).toHaveLength(1);
+    expect(lines).toHaveLength(1);
+    expect(lines[0]).not.toHaveProperty('link');
+  });
+});
+
+describe('test helpers', () => {
+  let capture: SmtpCapture;
+  beforeAll(async () => {
+    capture = await startSmtpCapture();
+  });
+  afterAll(() => capture.close());
+
+  test('waitFor resolves with a message that arrives later, and times out naming what did arrive', async () => {
+    const mailer = createMailer(loadConfig({ NODE_ENV: 'test', SMTP_URL: capture.url }), memoryLogger().logger);
+    const later = capture.waitFor((m) => m.to.includes('hank@example.com'));
+    await mailer.send({ to: 'hank@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } });
+    await expect(later).resolves.toMatchObject({ subject: 'Confirm your email address' });
+
+    await expect(capture.waitFor((m) => m.to.includes('nobody@example.com'), 100))
+      .rejects.toThrow(/within 100 ms; received: "Confirm your email address" to hank@example.com/);
+  });
+
+  test('linkFrom finds the first link, or the first under a path, and throws when there is none', () => {
+    const text = `Sign in at ${SIGN_IN}.\nOr reset (${RESET}), then go on.`;
+    expect(linkFrom(text)).toBe(SIGN_IN);
+    expect(linkFrom(text, '/reset-password')).toBe(RESET);
+    expect(() => linkFrom(text, '/verify-email')).toThrow(/no link with a path starting \/verify-email/);
+    expect(() => linkFrom('no links here')).toThrow(/no link/);
+  });
+});

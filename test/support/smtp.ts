@@ -1,0 +1,151 @@
+/**
+ * A real SMTP server on a loopback port that keeps every message it accepts, parsed, so tests read
+ * verification and reset links out of the mail the provider actually sent. A message is stored
+ * before the server acknowledges it: once `send` resolves, the mail is already in `messages`.
+ */
+import type { AddressInfo } from 'node:net';
+import { simpleParser, type AddressObject, type ParsedMail } from 'mailparser';
+import { SMTPServer, type SMTPServerDataStream } from 'smtp-server';
+
+export interface CapturedMail {
+  /** Addresses of the To header. */
+  readonly to: readonly string[];
+  /** The From header, e.g. `Example ID <id@example.com>`. */
+  readonly from: string;
+  readonly subject: string;
+  /** Empty when the message has no plain-text part. */
+  readonly text: string;
+  /** Empty when the message has no HTML part. */
+  readonly html: string;
+}
+
+export interface SmtpCapture {
+  /** `smtp://127.0.0.1:PORT`, ready for SMTP_URL. */
+  readonly url: string;
+  /** Every message accepted since the start (or the last `clear`), oldest first. */
+  readonly messages: readonly CapturedMail[];
+  /** The first message, received or still to come, that matches; rejects after `timeoutMs`. */
+  waitFor(predicate: (mail: CapturedMail) => boolean, timeoutMs?: number): Promise<CapturedMail>;
+  clear(): void;
+  close(): Promise<void>;
+}
+
+interface Waiter {
+  readonly predicate: (mail: CapturedMail) => boolean;
+  /** Settles the waiter's promise (with the mail, or with an error) and stops its timer. */
+  readonly settle: (outcome: CapturedMail | Error) => void;
+}
+
+function addresses(header: AddressObject | AddressObject[] | undefined): string[] {
+  return [header ?? []].flat().flatMap((group) => group.value).flatMap((entry) => (entry.address ? [entry.address] : []));
+}
+
+function captured(parsed: ParsedMail): CapturedMail {
+  return {
+    to: addresses(parsed.to),
+    from: parsed.from?.text ?? '',
+    subject: parsed.subject ?? '',
+    text: parsed.text ?? '',
+    html: parsed.html || '',
+  };
+}
+
+/** A predicate that throws fails the wait instead of escaping into the SMTP server. */
+function offer(waiter: Waiter, mail: CapturedMail): boolean {
+  try {
+    if (!waiter.predicate(mail)) return false;
+    waiter.settle(mail);
+  } catch (error) {
+    waiter.settle(error instanceof Error ? error : new Error(String(error)));
+  }
+  return true;
+}
+
+function summary(messages: readonly CapturedMail[]): string {
+  if (messages.length === 0) return 'no mail at all';
+  return messages.map((mail) => `"${mail.subject}" to ${mail.to.join(', ')}`).join('; ');
+}
+
+function listen(server: SMTPServer): Promise<number> {
+  return new Promise((resolve, reject) => {
+    server.once('error', reject);
+    // Port 0: the system picks a free port, with no window for another process to take it.
+    server.listen(0, '127.0.0.1', () => {
+      server.off('error', reject);
+      resolve((server.server.address() as AddressInfo).port);
+    });
+  });
+}
+
+export async function startSmtpCapture(): Promise<SmtpCapture> {
+  const messages: CapturedMail[] = [];
+  const waiters = new Set<Waiter>();
+
+  const accept = async (stream: SMTPServerDataStream): Promise<void> => {
+    const mail = captured(await simpleParser(stream));
+    messages.push(mail);
+    for (const waiter of waiters) offer(waiter, mail);
+  };
+  const server = new SMTPServer({
+    disabledCommands: ['AUTH', 'STARTTLS'],
+    authOptional: true,
+    logger: false,
+    // A reverse DNS lookup of 127.0.0.1 would add its latency to every message.
+    disableReverseLookup: true,
+    // Connections still open at close (a client that never sent QUIT) must not hold a test for 30 s.
+    closeTimeout: 1000,
+    onData(stream, _session, callback) {
+      accept(stream).then(() => callback(), (error: Error) => callback(error));
+    },
+  });
+  const port = await listen(server);
+  // A client dropping its connection is reported here; the client side sees its own error, and an
+  // unhandled 'error' event would crash the test worker.
+  server.on('error', () => {});
+
+  let closing: Promise<void> | undefined;
+  return {
+    url: `smtp://127.0.0.1:${port}`,
+    messages,
+    waitFor(predicate, timeoutMs = 5000) {
+      return new Promise((resolve, reject) => {
+        const timer = setTimeout(() => waiter.settle(new Error(
+          `no matching mail within ${timeoutMs} ms; received: ${summary(messages)}`)), timeoutMs);
+        const waiter: Waiter = {
+          predicate,
+          settle(outcome) {
+            clearTimeout(timer);
+            waiters.delete(waiter);
+            if (outcome instanceof Error) reject(outcome);
+            else resolve(outcome);
+          },
+        };
+        if (!messages.some((mail) => offer(waiter, mail))) waiters.add(waiter);
+      });
+    },
+    clear() {
+      messages.length = 0;
+    },
+    close() {
+      closing ??= new Promise((resolve) => {
+        for (const waiter of waiters) waiter.settle(new Error('the SMTP capture was closed'));
+        server.close(resolve);
+      });
+      return closing;
+    },
+  };
+}
+
+/**
+ * The first http(s) URL in a plain-text body, or the first whose path starts with `path`. Throws
+ * with the text when there is none, so the failing test shows what the mail said instead.
+ */
+export function linkFrom(text: string, path?: string): string {
+  for (const [candidate] of text.matchAll(/https?:\/\/[^\s<>"'`]+/g)) {
+    // Sentence punctuation right after a link is not part of it.
+    const link = candidate.replace(/[.,;:!?)\]]+$/, '');
+    const url = URL.parse(link);
+    if (url && (path === undefined || url.pathname.startsWith(path))) return link;
+  }
+  throw new Error(`no link${path === undefined ? '' : ` with a path starting ${path}`} in:\n${text}`);
+}
