@@ -151,6 +151,27 @@ describe('registration and email verification', () => {
   });
 });
 
+test('REQUIRE_VERIFIED_EMAIL refuses sign-in until the address is verified, after the right password only', async () => {
+  const strict = await startTestServer({ SMTP_URL: smtp.url, REQUIRE_VERIFIED_EMAIL: 'true' });
+  try {
+    const client = await registerRelyingParty(strict);
+    await strict.services.accounts.create({ email: 'unverified@example.com', password });
+    const attempt = async (secret: string) => {
+      const browser = new Browser();
+      const request = await authorizationRequest(client);
+      return browser.follow(await submitLogin(browser, strict, await openLoginPage(browser, strict, request.url), 'unverified@example.com', secret), strict.issuer);
+    };
+    const right = await attempt(password);
+    expect(right.status).toBe(403);
+    expect(await pageText(right)).toContain('Verify your email address first');
+    const wrong = await attempt('not the password at all');
+    expect(wrong.status).toBe(401);
+    expect(await pageText(wrong)).not.toContain('Verify your email');
+  } finally {
+    await strict.close();
+  }
+});
+
 describe('password reset', () => {
   test('the mailed link sets a new password once, kills old refresh tokens, and sends a notice', async () => {
     const email = 'reset@example.com';
@@ -164,6 +185,24 @@ describe('password reset', () => {
     const unknown = await submit(browser, await browser.get(`${server.issuer}/forgot`), { email: 'nobody@example.com' });
     expect(answer.status).toBe(unknown.status);
     expect((await pageText(answer)).replace(email, 'X')).toBe((await pageText(unknown)).replace('nobody@example.com', 'X'));
+    // Roughly the same time: the work for an existing account happens after the answer.
+    const time = async (address: string) => {
+      const started = performance.now();
+      await submit(browser, await browser.get(`${server.issuer}/forgot`), { email: address });
+      return performance.now() - started;
+    };
+    const existingMs: number[] = [];
+    const unknownMs: number[] = [];
+    for (let i = 0; i < 5; i += 1) {
+      existingMs.push(await time(email));
+      unknownMs.push(await time(`nobody${i}@example.com`));
+    }
+    const median = (xs: number[]) => xs.sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
+    expect(median(existingMs) / median(unknownMs)).toBeGreaterThan(0.5);
+    expect(median(existingMs) / median(unknownMs)).toBeLessThan(2);
+    await new Promise((resolve) => setTimeout(resolve, 1000)); // let the mails of these requests go out
+    smtp.clear();
+    await submit(browser, await browser.get(`${server.issuer}/forgot`), { email });
 
     const link = linkFrom((await mailTo(email, /reset your password/i)).text, '/reset');
     const form = await browser.get(link);
@@ -285,6 +324,26 @@ describe('the account page', () => {
 
     const audit = await server.services.audit.tail({ actor: (await server.services.accounts.get(email))!.id, limit: 20 });
     expect(audit.map((e) => e.action)).toEqual(expect.arrayContaining(['account.app.revoke', 'account.profile.update', 'account.sign-out-everywhere']));
+  });
+
+  test('changing the password needs the current one and signs out everywhere', async () => {
+    const email = 'changer@example.com';
+    await server.services.accounts.create({ email, password, emailVerified: true });
+    const { browser, page } = await accountPage(email, password);
+    const csrfToken = readForm(await page.clone().text(), page.url).fields._csrf!;
+    const change = (current: string, next: string) => browser.post(`${server.issuer}/account/password`, { _csrf: csrfToken, current, password: next });
+
+    const wrong = await change('not my password', 'saffron meadow pocket nine');
+    expect(wrong.status).toBe(400);
+    expect(await pageText(wrong)).toContain('current password is not correct');
+    const weak = await change(password, 'changer@example.com');
+    expect(weak.status).toBe(400);
+
+    const changed = await change(password, 'saffron meadow pocket nine');
+    expect(await pageText(changed)).toContain('signed out everywhere');
+    expect((await browser.get(`${server.issuer}/account`)).headers.get('location')).toBe('/account/sign-in');
+    expect(await server.services.accounts.authenticate(email, 'saffron meadow pocket nine')).toBeDefined();
+    await mailTo(email, /password was changed/i);
   });
 
   test('forms without the CSRF token are refused', async () => {
