@@ -99,13 +99,14 @@ export function createApp(services: Services): Koa {
 
   const selfService = selfServiceRoutes({
     config, accounts: services.accounts, tokens: services.accountTokens, mailer: services.mailer,
-    rateLimits: services.rateLimits, audit: services.audit, logger,
+    rateLimits: services.rateLimits, lockout: services.lockout, audit: services.audit, logger,
   });
   app.use(selfService.routes());
   app.use(selfService.allowedMethods());
   const account = accountPages({
     config, provider, store: services.store, accounts: services.accounts, mfa: services.mfa,
     mailer: services.mailer, audit: services.audit, logger,
+    tokens: services.accountTokens, rateLimits: services.rateLimits, lockout: services.lockout,
   });
   app.use(account.routes());
   app.use(account.allowedMethods());

@@ -134,7 +134,8 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
     stopAuditRetention = audit.startRetention();
     const documents = new DocumentService(connection, accounts, logger);
     await documents.ensureIndexes();
-    accounts.onCreated(async (account) => {
+    // Shares waiting for an address go to an account only once it has proven that address.
+    accounts.onEmailVerified(async (account) => {
       // The account exists either way; a share that fails to resolve now is logged, not fatal.
       await documents.claimPendingShares(account.email, account.id)
         .catch((error: unknown) => logger.error({ err: error, accountId: account.id }, 'resolving pending document shares failed'));

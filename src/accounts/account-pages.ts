@@ -21,8 +21,11 @@ import type { Logger } from '../observability/logger.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
 import { passwordHint, passwordProblems } from '../security/password-policy.ts';
+import type { Lockout } from '../security/lockout.ts';
+import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
 import { MfaError, type MfaService } from './mfa.ts';
 import type { AccountService, AccountView } from './service.ts';
+import type { AccountTokens } from './tokens.ts';
 
 const NOTICES = {
   'name-saved': 'Your name is saved.',
@@ -35,7 +38,7 @@ type Notice = keyof typeof NOTICES;
 const profileForm = z.strictObject({ _csrf: z.string(), name: z.string().max(100) });
 const passwordForm = z.strictObject({ _csrf: z.string(), current: z.string().max(1024), password: z.string().max(1024) });
 const codeForm = z.strictObject({ _csrf: z.string(), code: z.string().max(40) });
-const confirmPasswordForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024) });
+const newCodesForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024), code: z.string().max(40) });
 const disableForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024), code: z.string().max(40) });
 const revokeForm = z.strictObject({ _csrf: z.string(), grant: z.string().max(200) });
 
@@ -48,9 +51,12 @@ export interface AccountPagesDeps {
   mailer: Mailer;
   audit: AuditLog;
   logger: Logger;
+  tokens: AccountTokens;
+  rateLimits: RateLimits;
+  lockout: Lockout;
 }
 
-export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger }: AccountPagesDeps): Router {
+export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger, tokens, rateLimits, lockout }: AccountPagesDeps): Router {
   const router = new Router({ prefix: '/account' });
   const policy = { minLength: config.accounts.passwordMinLength };
 
@@ -98,12 +104,37 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
   }
 
   async function renderAccount(ctx: Context, account: AccountView, errors: string[] = []): Promise<void> {
-    const notice = typeof ctx.query.notice === 'string' && ctx.query.notice in NOTICES ? NOTICES[ctx.query.notice as Notice] : '';
+    const notice = typeof ctx.query.notice === 'string' && Object.hasOwn(NOTICES, ctx.query.notice) ? NOTICES[ctx.query.notice as Notice] : '';
     await ctx.render('account', {
       title: 'Your account', account, notice, errors, mfa: await mfa.status(account.id),
       apps: await connectedApps(account.id), hint: passwordHint(policy), minLength: policy.minLength,
     });
   }
+
+  /**
+   * Guesses at the password or a code from a signed-in browser count like sign-in attempts: the
+   * per-account limit, and a lockout of their own that grows with consecutive failures.
+   * Returns the refusal to show, or undefined to go ahead.
+   */
+  async function tooManyGuesses(ctx: Context, account: AccountView): Promise<string | undefined> {
+    const key = `account-page:${account.id}`;
+    let wait = await lockout.lockedFor(key);
+    if (!wait) {
+      try {
+        await rateLimits.consume('signinPerAccount', key);
+      } catch (error) {
+        if (!(error instanceof RateLimitedError)) throw error;
+        wait = error.retryAfterSeconds;
+      }
+    }
+    if (!wait) return undefined;
+    ctx.status = 429;
+    ctx.set('Retry-After', String(wait));
+    return `Too many attempts. ${tryAgainIn(wait)}`;
+  }
+
+  const guessed = (account: AccountView, right: boolean) =>
+    (right ? lockout.recordSuccess(`account-page:${account.id}`) : lockout.recordFailure(`account-page:${account.id}`));
 
   const done = (ctx: Context, notice: Notice) => {
     ctx.status = 303;
@@ -148,7 +179,11 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     if (!account) return;
     const form = passwordForm.safeParse(ctx.request.body);
     if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
-    if (!(await accounts.checkPassword(account.id, form.data.current))) {
+    const refusal = await tooManyGuesses(ctx, account);
+    if (refusal) return renderAccount(ctx, account, [refusal]);
+    const right = await accounts.checkPassword(account.id, form.data.current);
+    await guessed(account, right);
+    if (!right) {
       await record(ctx, 'account.password.change', account.id, 'denied', 'wrong_password');
       ctx.status = 400;
       return renderAccount(ctx, account, ['Your current password is not correct.']);
@@ -158,8 +193,9 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
       ctx.status = 400;
       return renderAccount(ctx, account, problems);
     }
-    // Signs the account out everywhere, this browser included.
+    // Signs the account out everywhere, this browser included; reset links sent before now die too.
     await accounts.setPassword(account.id, form.data.password);
+    await tokens.revokeAll('reset-password', account.id);
     await record(ctx, 'account.password.change', account.id);
     mailer.send({ to: account.email, template: 'password-changed', data: { name: account.name, when: new Date().toISOString(), signInLink: `${config.issuer}/account` } })
       .catch((error: unknown) => logger.error({ err: error }, 'sending the password notice failed'));
@@ -170,17 +206,23 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     });
   });
 
+  /** The enrolment in progress, or a new one: reloading the page keeps the QR code already scanned. */
+  const enrolment = async (account: AccountView) =>
+    (await mfa.pendingEnrolment(account.id, account.email)) ?? mfa.beginEnrolment(account.id, account.email);
+
   router.get('/mfa/setup', async (ctx) => {
     const account = await signedIn(ctx);
     if (!account) return;
     if ((await mfa.status(account.id)).enabled) return done(ctx, 'mfa-on');
-    await ctx.render('mfa-setup', { title: 'Set up two-step verification', error: '', ...(await mfa.beginEnrolment(account.id, account.email)) });
+    await ctx.render('mfa-setup', { title: 'Set up two-step verification', error: '', ...(await enrolment(account)) });
   });
 
   router.post('/mfa/setup', async (ctx) => {
     const account = await signedIn(ctx);
     if (!account) return;
     const form = codeForm.safeParse(ctx.request.body);
+    const refusal = await tooManyGuesses(ctx, account);
+    if (refusal) return ctx.render('mfa-setup', { title: 'Set up two-step verification', error: refusal, ...(await enrolment(account)) });
     try {
       const codes = await mfa.confirmEnrolment(account.id, form.success ? form.data.code : '');
       await record(ctx, 'account.mfa.enable', account.id);
@@ -188,10 +230,13 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
       await ctx.render('recovery-codes', { title: 'Your recovery codes', codes });
     } catch (error) {
       if (!(error instanceof MfaError)) throw error;
+      // A second submit of the same form: it is on already (the codes were on the first answer).
+      if (error.code === 'mfa_already_enabled') return done(ctx, 'mfa-on');
+      await guessed(account, false);
       ctx.status = 400;
       await ctx.render('mfa-setup', {
         title: 'Set up two-step verification', error: 'That code did not match. Enter the current code from your app.',
-        ...(await mfa.beginEnrolment(account.id, account.email)),
+        ...(await enrolment(account)),
       });
     }
   });
@@ -199,10 +244,17 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
   router.post('/mfa/recovery-codes', async (ctx) => {
     const account = await signedIn(ctx);
     if (!account) return;
-    const form = confirmPasswordForm.safeParse(ctx.request.body);
-    if (!form.success || !(await accounts.checkPassword(account.id, form.data.password))) {
+    // Both factors: new recovery codes are a working second factor, so the password alone (which
+    // may be what leaked) must not be enough to mint them.
+    const form = newCodesForm.safeParse(ctx.request.body);
+    const refusal = await tooManyGuesses(ctx, account);
+    if (refusal) return renderAccount(ctx, account, [refusal]);
+    const right = form.success && await accounts.checkPassword(account.id, form.data.password)
+      && await mfa.verifySignIn(account.id, form.data.code) === 'otp';
+    await guessed(account, right);
+    if (!right) {
       ctx.status = 400;
-      return renderAccount(ctx, account, ['Your password is not correct.']);
+      return renderAccount(ctx, account, ['Your password or the code is not correct.']);
     }
     const codes = await mfa.regenerateRecoveryCodes(account.id);
     await record(ctx, 'account.mfa.recovery-codes', account.id);
@@ -213,10 +265,14 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     const account = await signedIn(ctx);
     if (!account) return;
     const form = disableForm.safeParse(ctx.request.body);
+    const refusal = await tooManyGuesses(ctx, account);
+    if (refusal) return renderAccount(ctx, account, [refusal]);
     try {
       await mfa.disable(account.id, form.success ? form.data.password : '', form.success ? form.data.code : '');
+      await guessed(account, true);
     } catch (error) {
       if (!(error instanceof MfaError)) throw error;
+      await guessed(account, false);
       await record(ctx, 'account.mfa.disable', account.id, 'denied', error.code);
       ctx.status = 400;
       return renderAccount(ctx, account, ['Your password or the code is not correct.']);

@@ -155,6 +155,18 @@ export class MfaService {
     return { enabled: true, recoveryCodesLeft: recoveryCodeHashes.length - usedCodes };
   }
 
+  /**
+   * The enrolment in progress (the secret the user may already have scanned), if it has not
+   * expired; a mistyped confirmation code must not swap it for a new one.
+   */
+  async pendingEnrolment(accountId: string, accountEmail: string): Promise<Enrolment | undefined> {
+    const record = await this.accounts.findById(accountId, { mfa: 1, mfaPending: 1 }).lean();
+    const pending = record && !record.mfa ? record.mfaPending : undefined;
+    if (!pending || pending.expiresAt.getTime() <= this.now()) return undefined;
+    const otpauthUri = generateURI({ issuer: this.issuer, label: accountEmail, secret: pending.secret });
+    return { secret: pending.secret, otpauthUri, qrCodeDataUrl: await QRCode.toDataURL(otpauthUri), expiresAt: pending.expiresAt };
+  }
+
   /** Starts (or restarts) enrolment with a new secret, inactive until confirmEnrolment. */
   async beginEnrolment(accountId: string, accountEmail: string): Promise<Enrolment> {
     const record = await this.accounts.findById(accountId, { mfa: 1 }).lean();

@@ -19,13 +19,13 @@ import type { Mailer, MailMessage } from '../mail/mailer.ts';
 import type { Logger } from '../observability/logger.ts';
 import { csrf } from '../security/csrf.ts';
 import { passwordHint, passwordProblems } from '../security/password-policy.ts';
+import type { Lockout } from '../security/lockout.ts';
 import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
-import { normalizeEmail, type AccountService } from './service.ts';
+import { isValidEmail, normalizeEmail, type AccountService } from './service.ts';
 import type { AccountTokens } from './tokens.ts';
 
 const VERIFY_TTL_SECONDS = 24 * 3600;
 const RESET_TTL_SECONDS = 3600;
-const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,253}\.[^\s@]{1,63}$/;
 
 const registerForm = z.strictObject({
   _csrf: z.string(),
@@ -43,11 +43,12 @@ export interface SelfServiceDeps {
   tokens: AccountTokens;
   mailer: Mailer;
   rateLimits: RateLimits;
+  lockout: Lockout;
   audit: AuditLog;
   logger: Logger;
 }
 
-export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits, audit, logger }: SelfServiceDeps): Router {
+export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits, lockout, audit, logger }: SelfServiceDeps): Router {
   const router = new Router();
   const policy = { minLength: config.accounts.passwordMinLength };
   const link = (path: string, token?: string) => `${config.issuer}${path}${token ? `?token=${encodeURIComponent(token)}` : ''}`;
@@ -116,7 +117,7 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
     if (tooMany) return renderRegister(ctx, { email, name }, [tooMany]);
 
     const errors = [
-      ...(EMAIL.test(email) ? [] : ['Enter a valid email address.']),
+      ...(isValidEmail(email) ? [] : ['Enter a valid email address.']),
       ...(name ? [] : ['Enter your name.']),
       ...passwordProblems(form.data.password, email, policy),
     ];
@@ -125,14 +126,17 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
       return renderRegister(ctx, { email, name }, errors);
     }
 
-    const { account, created } = await accounts.register({ email, name, password: form.data.password });
-    if (created) {
-      const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email }, VERIFY_TTL_SECONDS);
-      sendLater({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
-      await record(ctx, 'account.register', account.id);
+    // No account yet: it is created when the link in the mail is followed, so nobody can take
+    // (or sign in to) an address whose mail they do not receive.
+    const prepared = await accounts.prepareRegistration(email, form.data.password);
+    if ('existing' in prepared) {
+      const { existing } = prepared;
+      sendLater({ to: existing.email, template: 'account-exists', data: { name: existing.name, signInLink: config.issuer, resetLink: link('/forgot') } });
+      await record(ctx, 'account.register', existing.id, 'denied', 'email_taken');
     } else {
-      sendLater({ to: account.email, template: 'account-exists', data: { name: account.name, signInLink: config.issuer, resetLink: link('/forgot') } });
-      await record(ctx, 'account.register', account.id, 'denied', 'email_taken');
+      const token = await tokens.issue('register', { accountId: '', email, pending: { name, passwordHash: prepared.passwordHash } }, VERIFY_TTL_SECONDS);
+      // The name is the registrant's text; it stays out of a mail to an address not yet proven theirs.
+      sendLater({ to: email, template: 'verify-email', data: { link: link('/verify-email', token), expiresInHours: 24 } });
     }
     await message(ctx, 'Check your inbox', [
       `We sent a message to ${email}. Follow the link in it to finish setting up your account.`,
@@ -149,7 +153,7 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
 
   router.get('/verify-email', async (ctx) => {
     const token = typeof ctx.query.token === 'string' ? ctx.query.token : '';
-    if (!(await tokens.peek('verify-email', token))) return invalidLink(ctx, { href: '/verify-email/resend', text: 'Send a new link' });
+    if (!(await tokens.peek(['register', 'verify-email'], token))) return invalidLink(ctx, { href: '/verify-email/resend', text: 'Send a new link' });
     await ctx.render('confirm-token', {
       title: 'Verify your email', heading: 'Verify your email', text: 'Confirm that this address is yours.',
       action: '/verify-email', token, button: 'Verify my email',
@@ -158,12 +162,22 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
 
   router.post('/verify-email', async (ctx) => {
     const form = tokenForm.safeParse(ctx.request.body);
-    const subject = form.success ? await tokens.consume('verify-email', form.data.token) : undefined;
-    if (!subject || !(await accounts.markEmailVerified(subject.accountId, subject.email))) {
+    const subject = form.success ? await tokens.consume(['register', 'verify-email'], form.data.token) : undefined;
+    if (subject?.kind === 'register' && subject.pending) {
+      try {
+        const account = await accounts.createRegistered({ email: subject.email, ...subject.pending });
+        await record(ctx, 'account.register', account.id);
+      } catch (error) {
+        if (!(error instanceof AppError && error.code === 'email_taken')) throw error;
+        // Whoever follows the link reads this address's mail, so saying so reveals nothing.
+        return message(ctx, 'You already have an account', ['This address already has an account. Sign in, or reset your password if you have forgotten it.'], { href: '/forgot', text: 'Reset your password' });
+      }
+    } else if (!subject || !(await accounts.markEmailVerified(subject.accountId, subject.email))) {
       return invalidLink(ctx, { href: '/verify-email/resend', text: 'Send a new link' });
+    } else {
+      await record(ctx, 'account.email.verify', subject.accountId);
     }
-    await record(ctx, 'account.email.verify', subject.accountId);
-    await message(ctx, 'Email verified', ['Your email address is verified. You can close this page and return to the application.']);
+    await message(ctx, 'Email verified', ['Your email address is verified and your account is ready. Return to the application to sign in.']);
   });
 
   const renderEmailForm = (ctx: Context, page: 'resend' | 'forgot', email = '', error = '') =>
@@ -239,6 +253,9 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
     // Two-step verification is untouched, so the next sign-in still asks for a code.
     const account = await accounts.setPassword(subject.accountId, form.data.password);
     await tokens.revokeAll('reset-password', account.id);
+    // The link proved the mailbox, and the owner must not stay locked out by an attacker's guesses.
+    await accounts.markEmailVerified(account.id, subject.email);
+    await lockout.recordSuccess(account.email);
     await record(ctx, 'account.password.reset', account.id);
     sendLater({ to: account.email, template: 'password-changed', data: { name: account.name, when: new Date().toISOString(), signInLink: config.issuer } });
     await message(ctx, 'Password changed', [

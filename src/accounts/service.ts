@@ -4,7 +4,16 @@ import { accountModel, type AccountModel, type AccountRecord } from './model.ts'
 import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
 import type { Connection } from 'mongoose';
 
-const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,253}\.[^\s@]{1,63}$/;
+/**
+ * A plain address: dot-atom local part and a host name. Deliberately stricter than RFC 5322
+ * (no quoted parts, comments, commas or angle brackets), so what is stored is exactly where mail
+ * goes: a mail library reads "a@x.com,b@y.com" or "z<b@y.com>" as other recipients.
+ */
+const EMAIL = /^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\.)+[A-Za-z]{2,63}$/;
+
+export function isValidEmail(email: string): boolean {
+  return email.length <= 254 && email.split('@')[0]!.length <= 64 && EMAIL.test(email);
+}
 const ROLE = /^[a-z][a-z0-9_.:-]{0,63}$/;
 
 export function normalizeEmail(email: string): string {
@@ -59,7 +68,7 @@ export class AccountService {
   private readonly accounts: AccountModel;
   private readonly hasher: PasswordHasher;
   private readonly endEverything: (accountId: string) => Promise<void>;
-  private readonly createdListeners: ((account: AccountView) => Promise<void>)[] = [];
+  private readonly verifiedListeners: ((account: AccountView) => Promise<void>)[] = [];
 
   /** signOutEverywhere ends an account's sessions and revokes its grants and tokens. */
   constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>) {
@@ -68,9 +77,16 @@ export class AccountService {
     this.endEverything = signOutEverywhere;
   }
 
-  /** Runs after each account is created (other modules react without accounts knowing them). */
-  onCreated(listener: (account: AccountView) => Promise<void>): void {
-    this.createdListeners.push(listener);
+  /**
+   * Runs when an account's address becomes proven: created verified, or verified later. Other
+   * modules (document shares waiting for that address) react without accounts knowing them.
+   */
+  onEmailVerified(listener: (account: AccountView) => Promise<void>): void {
+    this.verifiedListeners.push(listener);
+  }
+
+  private async emailVerified(account: AccountView): Promise<void> {
+    for (const listener of this.verifiedListeners) await listener(account);
   }
 
   async ensureIndexes(): Promise<void> {
@@ -86,20 +102,25 @@ export class AccountService {
 
   async create(input: NewAccount): Promise<AccountView> {
     const email = normalizeEmail(input.email);
-    if (!EMAIL.test(email) || email.length > 254) throw new AppError('invalid_email', 'email is not a valid address');
+    if (!isValidEmail(email)) throw new AppError('invalid_email', 'email is not a valid address');
     this.validatePassword(input.password);
     const roles = validRoles(input.roles ?? []);
     const passwordHash = await this.hasher.hash(input.password);
+    return this.insert({ email, passwordHash, name: input.name, emailVerified: input.emailVerified ?? false, roles });
+  }
+
+  private async insert(input: { email: string; passwordHash: string; name?: string | undefined; emailVerified: boolean; roles: string[] }): Promise<AccountView> {
+    const { email, passwordHash, roles } = input;
     try {
       const record = await this.accounts.create({
         email,
         passwordHash,
         name: input.name?.trim() || undefined,
-        emailVerified: input.emailVerified ?? false,
+        emailVerified: input.emailVerified,
         roles,
       });
       const account = view(record.toObject());
-      for (const listener of this.createdListeners) await listener(account);
+      if (account.email_verified) await this.emailVerified(account);
       return account;
     } catch (error) {
       if (isDuplicateKey(error)) throw new AppError('email_taken', 'an account with this email already exists', 409);
@@ -108,23 +129,20 @@ export class AccountService {
   }
 
   /**
-   * Self-service registration. An email that already has an account is not an error here: the
-   * caller answers both cases alike, and the same argon2 work is done either way so timing does
-   * not tell them apart.
+   * First half of self-service registration: the password's hash for a new address, or the
+   * existing account. The same argon2 work is done either way, so timing does not tell them
+   * apart. No account is created here: that waits for the mailed link (createRegistered), so an
+   * address cannot be taken by someone who does not receive its mail.
    */
-  async register(input: { email: string; name: string; password: string }): Promise<{ account: AccountView; created: boolean }> {
-    const existing = await this.get(input.email);
-    if (existing) {
-      await this.hasher.hash(input.password);
-      return { account: existing, created: false };
-    }
-    try {
-      return { account: await this.create({ ...input, emailVerified: false }), created: true };
-    } catch (error) {
-      // Registered by a concurrent request since the lookup above.
-      if (error instanceof AppError && error.code === 'email_taken') return { account: await this.require(input.email), created: false };
-      throw error;
-    }
+  async prepareRegistration(email: string, password: string): Promise<{ existing: AccountView } | { passwordHash: string }> {
+    const existing = await this.get(email);
+    const passwordHash = await this.hasher.hash(password);
+    return existing ? { existing } : { passwordHash };
+  }
+
+  /** Second half: the link was followed, so the address is proven. email_taken if it has an account by now. */
+  async createRegistered(input: { email: string; name: string; passwordHash: string }): Promise<AccountView> {
+    return this.insert({ ...input, emailVerified: true, roles: [] });
   }
 
   async setName(id: string, name: string): Promise<AccountView> {
@@ -147,6 +165,7 @@ export class AccountService {
   /** Marks the address verified, if it is still the account's address (the link proves that one). */
   async markEmailVerified(id: string, email: string): Promise<boolean> {
     const { matchedCount } = await this.accounts.updateOne({ _id: id, email }, { emailVerified: true });
+    if (matchedCount === 1) await this.emailVerified(await this.require(id));
     return matchedCount === 1;
   }
 

@@ -7,15 +7,24 @@
 import { createHash, randomBytes } from 'node:crypto';
 import type { Collection, Connection } from 'mongoose';
 
-export type AccountTokenKind = 'verify-email' | 'reset-password';
+/** register: a registration waiting for its address to be proven (no account exists yet). */
+export type AccountTokenKind = 'register' | 'verify-email' | 'reset-password';
+
+/** What a registration needs once its link is followed. The password is already hashed (argon2id). */
+export interface PendingRegistration {
+  name: string;
+  passwordHash: string;
+}
 
 interface TokenRecord {
   /** SHA-256 of the token, base64url. */
   _id: string;
   kind: AccountTokenKind;
+  /** Empty for a registration. */
   accountId: string;
-  /** For verification: the address the link proves (the account's email when it was sent). */
+  /** The address the link was sent to, which following it proves. */
   email: string;
+  pending?: PendingRegistration;
   expiresAt: Date;
 }
 
@@ -28,8 +37,10 @@ const hash = (token: string) => createHash('sha256').update(token).digest('base6
 const TOKEN_FORMAT = /^[A-Za-z0-9_-]{43}$/;
 
 export interface TokenSubject {
+  kind: AccountTokenKind;
   accountId: string;
   email: string;
+  pending?: PendingRegistration | undefined;
 }
 
 export class AccountTokens {
@@ -48,27 +59,28 @@ export class AccountTokens {
   }
 
   /** A new token (32 random bytes, base64url) for the mail; valid for ttlSeconds. */
-  async issue(kind: AccountTokenKind, subject: TokenSubject, ttlSeconds: number): Promise<string> {
+  async issue(kind: AccountTokenKind, subject: Omit<TokenSubject, 'kind'>, ttlSeconds: number): Promise<string> {
     const token = randomBytes(32).toString('base64url');
     await this.tokens.insertOne({
       _id: hash(token), kind, accountId: subject.accountId, email: subject.email,
+      ...(subject.pending ? { pending: subject.pending } : {}),
       expiresAt: new Date(Date.now() + ttlSeconds * 1000),
     });
     return token;
   }
 
-  /** Who a live, unspent token of this kind belongs to, without spending it. */
-  async peek(kind: AccountTokenKind, token: string): Promise<TokenSubject | undefined> {
+  /** Who a live, unspent token of one of these kinds belongs to, without spending it. */
+  async peek(kinds: AccountTokenKind | AccountTokenKind[], token: string): Promise<TokenSubject | undefined> {
     if (!TOKEN_FORMAT.test(token)) return undefined;
     const id = hash(token);
     const [record, spent] = await Promise.all([this.tokens.findOne({ _id: id }), this.spent.findOne({ _id: id })]);
-    if (!record || spent || record.kind !== kind || record.expiresAt.getTime() <= Date.now()) return undefined;
-    return { accountId: record.accountId, email: record.email };
+    if (!record || spent || ![kinds].flat().includes(record.kind) || record.expiresAt.getTime() <= Date.now()) return undefined;
+    return { kind: record.kind, accountId: record.accountId, email: record.email, pending: record.pending };
   }
 
   /** Spends the token: its subject for the one caller that wins, undefined for everyone else. */
-  async consume(kind: AccountTokenKind, token: string): Promise<TokenSubject | undefined> {
-    const subject = await this.peek(kind, token);
+  async consume(kinds: AccountTokenKind | AccountTokenKind[], token: string): Promise<TokenSubject | undefined> {
+    const subject = await this.peek(kinds, token);
     if (!subject) return undefined;
     const id = hash(token);
     try {

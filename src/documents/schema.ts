@@ -4,6 +4,7 @@
  * same limits are stated in openapi.ts.
  */
 import { z } from 'zod';
+import { isValidEmail } from '../accounts/service.ts';
 import { UUID_V7 } from '../ids.ts';
 import { ApiProblem, type FieldError } from './problem.ts';
 
@@ -31,10 +32,8 @@ export const createBody = z.strictObject({ title, content: content.optional(), t
 export const patchBody = z.strictObject({ title: title.optional(), content: content.optional(), tags: tags.optional() })
   .refine((patch) => Object.keys(patch).length > 0, 'must change at least one of title, content, tags');
 
-// Same shape as the accounts module's check; deliberately simple (the owner typed it).
-const EMAIL = /^[^\s@]{1,64}@[^\s@]{1,253}\.[^\s@]{1,63}$/;
 export const shareBody = z.strictObject({
-  email: z.string().max(254).regex(EMAIL, 'must be an email address'),
+  email: z.string().max(254).refine((email) => isValidEmail(email.trim().toLowerCase()), 'must be an email address'),
   role: z.enum(['viewer', 'editor']),
 });
 

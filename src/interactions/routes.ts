@@ -19,7 +19,7 @@ import type { Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
-import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
+import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
 
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
 export const LOGIN_FAILED = 'The email or password is incorrect.';
@@ -192,16 +192,26 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
     const accountId = await challenges.pending(uid);
     if (!accountId) throw new errors.SessionNotFound('no second step pending');
 
-    try {
-      await rateLimits.consume('mfaPerAccount', accountId);
-    } catch (error) {
-      if (!(error instanceof RateLimitedError)) throw error;
+    // Wrong codes lock the second step like wrong passwords lock the first, with growing waits,
+    // so the 10^6 codes cannot be worked through slowly either.
+    const lockKey = `mfa:${accountId}`;
+    let wait = await lockout.lockedFor(lockKey);
+    if (!wait) {
+      try {
+        await rateLimits.consume('mfaPerAccount', accountId);
+      } catch (error) {
+        if (!(error instanceof RateLimitedError)) throw error;
+        wait = error.retryAfterSeconds;
+      }
+    }
+    if (wait) {
       ctx.status = 429;
-      ctx.set('Retry-After', String(error.retryAfterSeconds));
-      return renderMfa(ctx, uid, params.client_id, error.message);
+      ctx.set('Retry-After', String(wait));
+      return renderMfa(ctx, uid, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
     }
     const form = mfaForm.safeParse(ctx.request.body);
     const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
+    await (factor ? lockout.recordSuccess(lockKey) : lockout.recordFailure(lockKey));
     if (!factor) {
       logger.info({ uid, accountId }, 'second step failed');
       ctx.status = 401;

@@ -14,6 +14,7 @@ import type { Config } from '../config.ts';
 import { projectRoot } from '../local/services.ts';
 import type { Logger } from '../observability/logger.ts';
 import { createRenderer, type MailTemplate, type Renderer } from './templates.ts';
+import { isValidEmail } from '../accounts/service.ts';
 
 export type { MailTemplate };
 
@@ -51,7 +52,7 @@ function smtpMailer(url: string, from: string, render: Renderer, logger: Logger)
   );
   return {
     async send({ to, template, data }) {
-      const info = await transport.sendMail({ to, ...render(template, data) });
+      const info = await transport.sendMail({ ...recipient(to), ...render(template, data) });
       // Neither the recipient nor the link: one identifies a person, the other carries a live token.
       logger.info({ template, messageId: info.messageId }, 'mail sent');
     },
@@ -63,7 +64,7 @@ function outboxMailer(dir: string, from: string, render: Renderer, logger: Logge
   const transport = nodemailer.createTransport({ streamTransport: true, buffer: true, newline: 'windows' }, { from });
   return {
     async send({ to, template, data }) {
-      const info = await transport.sendMail({ to, ...render(template, data) });
+      const info = await transport.sendMail({ ...recipient(to), ...render(template, data) });
       const file = path.join(dir, outboxFileName(template));
       // The files hold live links: readable by this user only.
       await fs.mkdir(dir, { recursive: true, mode: 0o700 });
@@ -71,6 +72,15 @@ function outboxMailer(dir: string, from: string, render: Renderer, logger: Logge
       logger.info({ template, file, link: data.link }, 'mail written to the outbox (development)');
     },
   };
+}
+
+/**
+ * One recipient, exactly the given address: as an object (not a header string nodemailer would
+ * parse as a list) and as the SMTP envelope, after the same strict check accounts use.
+ */
+function recipient(address: string) {
+  if (!isValidEmail(address)) throw new Error('refusing to send mail to an address that is not a plain email address');
+  return { to: { name: '', address }, envelope: { to: address } };
 }
 
 /** Sorts by time; colons are left out of the ISO time because some file systems refuse them. */

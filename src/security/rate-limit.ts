@@ -121,14 +121,16 @@ function basicClientId(authorization: string): string | undefined {
 /**
  * Limits POST /token per client before oidc-provider sees the request. The client comes from HTTP
  * Basic only: reading client_id from the body here would consume the stream oidc-provider parses,
- * so other requests (public clients, client_secret_post) are counted per address instead.
+ * so other requests (public clients, client_secret_post) are counted per address instead. The
+ * client id is not authenticated yet (ids are public), so it is counted together with the address:
+ * someone sending requests in a client's name uses up their own allowance, not the client's.
  */
 export function tokenRateLimit(rateLimits: RateLimits): Middleware {
   return async (ctx, next) => {
     if (ctx.method !== 'POST' || ctx.path !== '/token') return next();
     const clientId = basicClientId(ctx.get('authorization'));
     try {
-      await rateLimits.consume('tokenPerClient', clientId === undefined ? `ip:${ctx.ip}` : `client:${clientId}`);
+      await rateLimits.consume('tokenPerClient', clientId === undefined ? `ip:${ctx.ip}` : `client:${clientId}|ip:${ctx.ip}`);
     } catch (error) {
       if (!(error instanceof RateLimitedError)) throw error;
       ctx.status = 429;
