@@ -300,6 +300,35 @@ describe('two-step verification (TOTP)', () => {
   });
 });
 
+test('wrong codes lock the second step with growing waits; the right code works after the wait', async () => {
+  const strict = await startTestServer({ SMTP_URL: smtp.url, LOCKOUT_THRESHOLD: '3', LOCKOUT_BASE_SECONDS: '2' });
+  try {
+    const client = await registerRelyingParty(strict);
+    const account = await strict.services.accounts.create({ email: 'guessed@example.com', password, emailVerified: true });
+    const { secret } = await strict.services.mfa.beginEnrolment(account.id, account.email);
+    // Enrol with the previous step's code, so the current step is still free for the sign-in.
+    await strict.services.mfa.confirmEnrolment(account.id, await generate({ secret, epoch: Math.floor(Date.now() / 1000) - 30 }));
+
+    const browser = new Browser();
+    const request = await authorizationRequest(client);
+    let page = await browser.follow(await submitLogin(browser, strict, await openLoginPage(browser, strict, request.url), account.email, password), strict.issuer);
+    const codeForm = readForm(await page.clone().text(), page.url);
+    const tryCode = (code: string) => browser.post(codeForm.action, { ...codeForm.fields, code });
+    for (let i = 0; i < 3; i += 1) expect((await tryCode('000000')).status).toBe(401);
+    page = await tryCode(await generate({ secret }));
+    expect(page.status).toBe(429);
+    const wait = Number(page.headers.get('retry-after'));
+    expect(wait).toBeGreaterThanOrEqual(1);
+    expect(await pageText(page)).toMatch(/Too many attempts\. Try again in \d+ seconds?\./);
+    await new Promise((resolve) => setTimeout(resolve, wait * 1000 + 200));
+    const accepted = await browser.follow(await tryCode(await generate({ secret })), strict.issuer);
+    expect([200, 303]).toContain(accepted.status); // consent page, or straight back to the client
+    expect(await pageText(accepted)).not.toContain('Too many attempts');
+  } finally {
+    await strict.close();
+  }
+});
+
 describe('the account page', () => {
   test('lists connected apps and revokes one; signs out everywhere', async () => {
     const email = 'owner@example.com';
