@@ -122,7 +122,7 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
     const mfaChallenges = new MfaChallenges(connection);
     await mfaChallenges.ensureIndexes();
     const maintenance = setInterval(() => {
-      Promise.all([accountTokens.sweep(), mfaChallenges.sweep()])
+      Promise.all([accountTokens.sweep(), mfaChallenges.sweep(), mfa.sweep()])
         .catch((error: unknown) => logger.error({ err: error }, 'sweeping expired account tokens failed'));
     }, 10 * 60_000);
     maintenance.unref();

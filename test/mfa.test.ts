@@ -157,9 +157,10 @@ test('recovery codes work once, in any case and with or without the dash', async
   expect(concurrent.filter((r) => r === 'recovery')).toHaveLength(1);
   expect(await mfa.status(id)).toEqual({ enabled: true, recoveryCodesLeft: 7 });
 
-  // Clearing expired TOTP markers (after a later sign-in) keeps the used recovery codes used.
+  // The periodic sweep clears expired TOTP markers and keeps the used recovery codes used.
   advance(20);
   expect(await mfa.verifySignIn(id, await codeFor(secret))).toBe('otp');
+  await mfa.sweep();
   const totpMarkers = await services.connection.collection('mfa_used').countDocuments({ accountId: id, kind: 'totp' });
   expect(totpMarkers).toBe(1);
   expect(await mfa.verifySignIn(id, first)).toBeUndefined();

@@ -151,8 +151,23 @@ export class MfaService {
     const record = await this.accounts.findById(accountId, { mfa: 1 }).lean();
     if (!record?.mfa) return { enabled: false, recoveryCodesLeft: 0 };
     const { recoveryCodeHashes } = record.mfa;
-    const usedCodes = await this.used.countDocuments({ _id: { $in: recoveryCodeHashes.map((h) => recoveryMarkerId(accountId, h)) } });
-    return { enabled: true, recoveryCodesLeft: recoveryCodeHashes.length - usedCodes };
+    // One lookup by _id per code: FerretDB serves those from its index, but scans for $in.
+    const used = await Promise.all(recoveryCodeHashes.map((h) => this.used.findOne({ _id: recoveryMarkerId(accountId, h) }, { projection: { _id: 1 } })));
+    return { enabled: true, recoveryCodesLeft: used.filter((marker) => marker === null).length };
+  }
+
+  /** Whether sign-in needs the second step: one read of the account, on every password sign-in. */
+  async isEnabled(accountId: string): Promise<boolean> {
+    const record = await this.accounts.findById(accountId, { 'mfa.enabledAt': 1 }).lean();
+    return Boolean(record?.mfa);
+  }
+
+  /**
+   * Deletes expired TOTP step markers; run periodically (FerretDB has no TTL indexes), not per
+   * sign-in, since on FerretDB a delete by anything but _id scans the collection.
+   */
+  async sweep(): Promise<void> {
+    await this.used.deleteMany({ expiresAt: { $lte: new Date(this.now()) } });
   }
 
   /**
@@ -274,8 +289,6 @@ export class MfaService {
       kind: 'totp',
       expiresAt: new Date(step * PERIOD_SECONDS * 1000 + TOTP_MARKER_MS),
     });
-    // FerretDB has no TTL indexes: each account's expired markers go when it next uses a code.
-    if (fresh) await this.used.deleteMany({ accountId, expiresAt: { $lte: new Date(this.now()) } });
     return fresh;
   }
 

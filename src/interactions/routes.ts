@@ -171,7 +171,7 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
       ctx.status = 403;
       return renderLogin(ctx, uid, params.client_id, 'Verify your email address first: follow the link we sent you, or ask for a new one at /verify-email/resend.', email);
     }
-    if ((await mfa.status(accountId)).enabled) {
+    if (await mfa.isEnabled(accountId)) {
       await challenges.start(uid, accountId, MFA_CHALLENGE_SECONDS);
       logger.info({ uid, accountId }, 'password accepted; waiting for the second step');
       return renderMfa(ctx, uid, params.client_id);
