@@ -3,6 +3,7 @@
  * database, and checked through the same services the server uses: what the CLI writes is what
  * the provider and the sign-in code read.
  */
+import { jest } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,6 +14,10 @@ import { openServices, type Services } from '../src/services.ts';
 import { testMongoUri, testRedisUrl } from './support/env.ts';
 
 const run = promisify(execFile);
+
+// Every CLI call is a fresh process that opens all the services (3–5 s alone, more while other
+// suites keep both cores busy); tests that make several calls need more than the default.
+jest.setTimeout(180_000);
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const mongoUri = testMongoUri('cli');
 const env: NodeJS.ProcessEnv = { ...process.env, MONGODB_URI: mongoUri, REDIS_URL: testRedisUrl(), LOG_LEVEL: 'error', NODE_ENV: 'test' };

@@ -21,8 +21,8 @@ import type { Logger } from '../observability/logger.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
 import { passwordHint, passwordProblems } from '../security/password-policy.ts';
-import type { Lockout } from '../security/lockout.ts';
-import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
+import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
+import { tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
 import { MfaError, type MfaService } from './mfa.ts';
 import type { AccountService, AccountView } from './service.ts';
 import type { AccountTokens } from './tokens.ts';
@@ -118,15 +118,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
    */
   async function tooManyGuesses(ctx: Context, account: AccountView): Promise<string | undefined> {
     const key = `account-page:${account.id}`;
-    let wait = await lockout.lockedFor(key);
-    if (!wait) {
-      try {
-        await rateLimits.consume('signinPerAccount', key);
-      } catch (error) {
-        if (!(error instanceof RateLimitedError)) throw error;
-        wait = error.retryAfterSeconds;
-      }
-    }
+    const wait = await waitBeforeGuess(lockout, rateLimits, key, 'signinPerAccount', key);
     if (!wait) return undefined;
     ctx.status = 429;
     ctx.set('Retry-After', String(wait));

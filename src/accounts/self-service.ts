@@ -60,12 +60,17 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
   router.use(bodyParser({ enableTypes: ['form'], formLimit: '8kb', encoding: 'utf-8' }));
   router.use(csrf({ secure: config.secureTransport }));
 
-  /** Sends after the answer has gone out; a failure is logged (the page cannot say it without leaking). */
-  function sendLater(message: MailMessage): void {
+  /**
+   * Runs after the answer has gone out, so its cost is not in the response time; a failure is
+   * logged (the page cannot say it without telling whether the address has an account).
+   */
+  function later(what: string, work: () => Promise<void>): void {
     setImmediate(() => {
-      mailer.send(message).catch((error: unknown) => logger.error({ err: error, template: message.template }, 'sending account mail failed'));
+      work().catch((error: unknown) => logger.error({ err: error }, `${what} failed`));
     });
   }
+
+  const sendLater = (message: MailMessage) => later(`sending the ${message.template} mail`, () => mailer.send(message));
 
   function record(ctx: Context, action: string, accountId: string | null, outcome: 'success' | 'denied' = 'success', reason?: string) {
     return audit.record({
@@ -195,12 +200,10 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
     if (tooMany) return renderEmailForm(ctx, 'resend', email, tooMany);
     const account = await accounts.get(email);
     if (account && !account.email_verified && !account.disabled) {
-      setImmediate(() => {
-        void (async () => {
-          await tokens.revokeAll('verify-email', account.id);
-          const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email }, VERIFY_TTL_SECONDS);
-          await mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
-        })().catch((error: unknown) => logger.error({ err: error }, 'resending a verification link failed'));
+      later('resending a verification link', async () => {
+        await tokens.revokeAll('verify-email', account.id);
+        const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email }, VERIFY_TTL_SECONDS);
+        await mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
       });
     }
     await message(ctx, 'Check your inbox', [`If ${email} has an account that still needs verifying, a new link is on its way.`]);
@@ -218,14 +221,12 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
     if (tooMany) return renderEmailForm(ctx, 'forgot', email, tooMany);
     // Everything about the account happens after the answer, so existing and unknown addresses
     // answer in the same time.
-    setImmediate(() => {
-      void (async () => {
-        const account = await accounts.get(email);
-        if (!account || account.disabled) return;
-        await tokens.revokeAll('reset-password', account.id);
-        const token = await tokens.issue('reset-password', { accountId: account.id, email: account.email }, RESET_TTL_SECONDS);
-        await mailer.send({ to: account.email, template: 'reset-password', data: { name: account.name, link: link('/reset', token), expiresInMinutes: 60 } });
-      })().catch((error: unknown) => logger.error({ err: error }, 'sending a reset link failed'));
+    later('sending a reset link', async () => {
+      const account = await accounts.get(email);
+      if (!account || account.disabled) return;
+      await tokens.revokeAll('reset-password', account.id);
+      const token = await tokens.issue('reset-password', { accountId: account.id, email: account.email }, RESET_TTL_SECONDS);
+      await mailer.send({ to: account.email, template: 'reset-password', data: { name: account.name, link: link('/reset', token), expiresInMinutes: 60 } });
     });
     await message(ctx, 'Check your inbox', [`If ${email} has an account, a link to choose a new password is on its way. It works once, within an hour.`]);
   });

@@ -15,7 +15,7 @@ import { AppError } from '../http/errors.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ACR_MFA, ACR_PASSWORD, isDocumentsScope, mfaRequired, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
-import type { Lockout } from '../security/lockout.ts';
+import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
@@ -195,15 +195,7 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
     // Wrong codes lock the second step like wrong passwords lock the first, with growing waits,
     // so the 10^6 codes cannot be worked through slowly either.
     const lockKey = `mfa:${accountId}`;
-    let wait = await lockout.lockedFor(lockKey);
-    if (!wait) {
-      try {
-        await rateLimits.consume('mfaPerAccount', accountId);
-      } catch (error) {
-        if (!(error instanceof RateLimitedError)) throw error;
-        wait = error.retryAfterSeconds;
-      }
-    }
+    const wait = await waitBeforeGuess(lockout, rateLimits, lockKey, 'mfaPerAccount', accountId);
     if (wait) {
       ctx.status = 429;
       ctx.set('Retry-After', String(wait));

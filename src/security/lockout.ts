@@ -7,7 +7,8 @@
  */
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Config } from '../config.ts';
-import { hashKey, retryAfterSeconds, type LimiterStore } from './rate-limit.ts';
+import type { RateLimitName } from '../config.ts';
+import { hashKey, RateLimitedError, retryAfterSeconds, type LimiterStore, type RateLimits } from './rate-limit.ts';
 
 const FAILURE_WINDOW_SECONDS = 24 * 3600;
 
@@ -43,5 +44,22 @@ export class Lockout {
 
   async recordSuccess(key: string): Promise<void> {
     await this.failures.delete(hashKey(key));
+  }
+}
+
+/**
+ * Seconds to wait before another guess at a secret (a code, a password on the account page): the
+ * lock on `lockKey` if one runs, else the rate limit `limit` for `limitKey` (which this consumes).
+ * 0 means go ahead; record the outcome with recordFailure/recordSuccess on `lockKey`.
+ */
+export async function waitBeforeGuess(lockout: Lockout, rateLimits: RateLimits, lockKey: string, limit: RateLimitName, limitKey: string): Promise<number> {
+  const locked = await lockout.lockedFor(lockKey);
+  if (locked) return locked;
+  try {
+    await rateLimits.consume(limit, limitKey);
+    return 0;
+  } catch (error) {
+    if (error instanceof RateLimitedError) return error.retryAfterSeconds;
+    throw error;
   }
 }
