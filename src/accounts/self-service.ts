@@ -72,9 +72,10 @@ export function selfServiceRoutes({ config, accounts, tokens, mailer, rateLimits
 
   const sendLater = (message: MailMessage) => later(`sending the ${message.template} mail`, () => mailer.send(message));
 
+  /** A refused attempt comes from someone unknown: the account is its target, not its actor. */
   function record(ctx: Context, action: string, accountId: string | null, outcome: 'success' | 'denied' = 'success', reason?: string) {
     return audit.record({
-      actor: { sub: accountId, clientId: null }, action, target: accountId, outcome, ...(reason ? { reason } : {}),
+      actor: { sub: outcome === 'success' ? accountId : null, clientId: null }, action, target: accountId, outcome, ...(reason ? { reason } : {}),
       ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
     });
   }
