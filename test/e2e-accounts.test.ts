@@ -235,6 +235,7 @@ describe('two-step verification (TOTP)', () => {
   });
 
   test('enrol from the account page with the QR code or key, and get ten recovery codes once', async () => {
+    const other = await accountPage(email, password); // another device, signed in with the password only
     const { browser } = await accountPage(email, password);
     const setup = await browser.get(`${server.issuer}/account/mfa/setup`);
     const html = await setup.clone().text();
@@ -249,6 +250,9 @@ describe('two-step verification (TOTP)', () => {
     expect(recoveryCodes).toHaveLength(10);
     expect(await server.services.mfa.status((await server.services.accounts.get(email))!.id)).toMatchObject({ enabled: true, recoveryCodesLeft: 10 });
     await mailTo(email, /two-step/i);
+    // Turning it on ended the other device's session, and kept this one.
+    expect((await other.browser.get(`${server.issuer}/account`)).headers.get('location')).toBe('/account/sign-in');
+    expect((await browser.get(`${server.issuer}/account`)).status).toBe(200);
   });
 
   test('sign-in asks for the code after the password; the ID token says otp and the MFA acr', async () => {

@@ -217,6 +217,9 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     if (refusal) return ctx.render('mfa-setup', { title: 'Set up two-step verification', error: refusal, ...(await enrolment(account)) });
     try {
       const codes = await mfa.confirmEnrolment(account.id, form.success ? form.data.code : '');
+      // Sessions signed in with the password alone (perhaps someone else's) end now; this one stays.
+      const current = await provider.Session.get(ctx);
+      await store.collection('Session').deleteMany({ 'payload.accountId': account.id, _id: { $ne: current.jti } });
       await record(ctx, 'account.mfa.enable', account.id);
       notifyMfaChange(account, true);
       await ctx.render('recovery-codes', { title: 'Your recovery codes', codes });
