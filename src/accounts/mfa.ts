@@ -1,7 +1,7 @@
 /**
  * TOTP second factor (issue 4): enrolment, sign-in verification, recovery codes, disabling.
  *
- * Flow for the pages: `status` tells whether to ask for a code after the password; enrolment is
+ * Flow for the pages: `isEnabled` tells whether to ask for a code after the password; enrolment is
  * `beginEnrolment` (show the QR code and the secret), then `confirmEnrolment` with a code from the
  * app (show the returned recovery codes once: only their hashes are kept). At sign-in,
  * `verifySignIn` takes either a TOTP code or a recovery code.
@@ -13,8 +13,9 @@
  * filter would let two concurrent requests both succeed. For the same reason verification never
  * writes the account document: a concurrent update of it (a password reset, say) could be lost.
  *
- * Callers rate-limit attempts (config `mfaPerAccount`): a guess at a six-digit code wins with
- * probability 2 in 10^6, since two time steps are accepted.
+ * Callers limit attempts (the `mfaPerAccount` rate limit and a lockout of their own, see
+ * src/interactions/routes.ts): a guess at a six-digit code wins with probability 2 in 10^6, since
+ * two time steps are accepted.
  */
 import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Collection, Connection } from 'mongoose';
