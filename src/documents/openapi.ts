@@ -308,10 +308,10 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             detail: { type: 'string' },
             errors: {
               type: 'array',
-              description: 'For validation errors: each offending body field (JSON pointer), query parameter or header',
+              description: 'For validation errors: each offending body field (JSON pointer) or query parameter',
               items: {
                 type: 'object', additionalProperties: false, required: ['detail'],
-                properties: { detail: { type: 'string' }, pointer: { type: 'string' }, parameter: { type: 'string' }, header: { type: 'string' } },
+                properties: { detail: { type: 'string' }, pointer: { type: 'string' }, parameter: { type: 'string' } },
               },
             },
           },

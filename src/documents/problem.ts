@@ -25,12 +25,11 @@ export const PROBLEM_TITLES: Record<ProblemCode, string> = {
 
 export const problemType = (code: ProblemCode): string => `tag:oidc-idp,2026:problems:${code}`;
 
-/** One offending input: a JSON pointer into the body, or the name of a query parameter or header. */
+/** One offending input: a JSON pointer into the body, or the name of a query parameter. */
 export interface FieldError {
   detail: string;
   pointer?: string;
   parameter?: string;
-  header?: string;
 }
 
 export class ApiProblem extends Error {
