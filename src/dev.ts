@@ -14,6 +14,7 @@ const discovery = `${config.issuer}/.well-known/openid-configuration`;
 process.stdout.write(`
   Identity provider running (development).
   Discovery:     ${discovery}
-  Create a user:   npm run -s user -- create --email you@example.com --password 'choose-a-long-password' --name You --verified
+  Create a user:   npm run -s user -- create --email you@example.com --name You --verified --password-stdin
+                   (then type a strong password, e.g. four unrelated words, and press Enter)
   Create a client: npm run -s client -- create --name "My app" --redirect-uri http://localhost:8080/callback
 `);

@@ -4,9 +4,10 @@
  */
 import http from 'node:http';
 import { createApp } from './app.ts';
+import { refuseConnect, refuseUnparsable } from './http/methods.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
-import { openServices, type Services } from './services.ts';
+import { startServices, type Services } from './services.ts';
 
 export interface RunningServer {
   readonly url: string;
@@ -15,13 +16,20 @@ export interface RunningServer {
 }
 
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
-  const services = await openServices(config, logger);
+  const { services, stop } = await startServices(config, logger);
   const server = http.createServer(createApp(services).callback());
+  // Node itself would drop CONNECT without an answer and answer unknown methods with a bare 400.
+  server.on('connect', refuseConnect);
+  server.on('clientError', refuseUnparsable);
   server.headersTimeout = 15_000;
   server.requestTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());
+  }).catch(async (error: unknown) => {
+    stop();
+    await services.close();
+    throw error;
   });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
@@ -36,6 +44,7 @@ export async function startServer(config: Config, logger: Logger = createLogger(
           server.closeIdleConnections();
           setTimeout(() => server.closeAllConnections(), 5000).unref();
         });
+        stop();
         await services.close();
       })();
       return closing;

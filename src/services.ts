@@ -1,6 +1,11 @@
 /**
- * Opens everything the server and the CLI scripts share: MongoDB (and the adapter's indexes),
- * Redis when configured, signing keys, accounts, the Provider and the client registry.
+ * The object graph, in two layers (the way Dex separates storage from server):
+ * - openServices: what every process needs, the server and each CLI command alike: MongoDB (and
+ *   the indexes, which keep data consistent whoever writes first), Redis when configured, the
+ *   repositories and services. It starts nothing and writes no data: no timers, no built-in
+ *   clients, no generated keys. Its Provider only reads and validates (client metadata).
+ * - startServing: what only a serving process does on top: the signing keys of a fresh
+ *   development database, the built-in account-console client, sweepers and polling timers.
  * Indexes are created here, once per start, never in constructors or per request.
  */
 import { randomBytes } from 'node:crypto';
@@ -19,7 +24,7 @@ import { ensureDevMongo } from './local/services.ts';
 import { createMailer, type Mailer } from './mail/mailer.ts';
 import type { Logger } from './observability/logger.ts';
 import { ClientService } from './oidc/clients.ts';
-import { loadSigningKeys } from './oidc/keys.ts';
+import { generateJwks, loadSigningKeys, type PrivateJwks } from './oidc/keys.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID, createProvider } from './oidc/provider.ts';
 import { AccountTokens } from './accounts/tokens.ts';
@@ -55,8 +60,14 @@ export interface Services {
   readonly mfaChallenges: MfaChallenges;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
-  /** Closes connections and timers; safe to call once. */
+  /** Closes the connections; safe to call more than once. */
   close(): Promise<void>;
+}
+
+/** Options of the serving process only. */
+interface OpenOptions {
+  /** A development server creates the signing keys of a database that has none. */
+  mayGenerateKeys?: boolean;
 }
 
 async function connectMongo(config: Config, logger: Logger): Promise<Connection> {
@@ -90,48 +101,46 @@ function connectRedis(config: Config, logger: Logger): Redis | undefined {
   return redis;
 }
 
-export async function openServices(config: Config, logger: Logger): Promise<Services> {
+/**
+ * The keys the Provider signs with. A process that may not create them (the CLI, production)
+ * and finds none gets throwaway keys if it only validates, so an admin command never writes keys.
+ */
+async function signingKeys(connection: Connection, config: Config, options: OpenOptions): Promise<PrivateJwks> {
+  try {
+    return await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: options.mayGenerateKeys === true });
+  } catch (error) {
+    if (options.mayGenerateKeys !== undefined) throw error;
+    return generateJwks();
+  }
+}
+
+export async function openServices(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Services> {
   // First: a missing mail view stops start-up before anything is connected.
   const mailer = createMailer(config, logger);
   const connection = await connectMongo(config, logger);
   let redis: Redis | undefined;
-  let stopSweeper = () => {};
-  let stopRevocations = () => {};
-  let stopAuditRetention = () => {};
-  let stopMaintenance = () => {};
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
     if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000, undefined, { ref: false })]);
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
-    stopSweeper = store.startSweeper(config.sweepIntervalSeconds, (error) =>
-      logger.error({ err: error }, 'sweeping expired artifacts failed'));
-    if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
 
     // Records must outlive every JWT they revoke, whichever grant issued it.
     const revocations = new TokenRevocations(connection, Math.max(config.ttl.accessToken, config.ttl.clientCredentials), logger);
     await revocations.ensureIndexes();
-    stopRevocations = await revocations.start(config.revocationRefreshSeconds);
     const accounts = new AccountService(connection, new PasswordHasher(config.argon2), async (id) => {
       await Promise.all([store.revokeAccount(id), revocations.revoke('account', id)]);
-    });
+    }, { minLength: config.accounts.passwordMinLength, minScore: config.accounts.passwordMinScore });
     await accounts.ensureIndexes();
     const accountTokens = new AccountTokens(connection);
     await accountTokens.ensureIndexes();
     const mfaChallenges = new MfaChallenges(connection);
     await mfaChallenges.ensureIndexes();
-    const maintenance = setInterval(() => {
-      Promise.all([accountTokens.sweep(), mfaChallenges.sweep(), mfa.sweep()])
-        .catch((error: unknown) => logger.error({ err: error }, 'sweeping expired account tokens failed'));
-    }, 10 * 60_000);
-    maintenance.unref();
-    stopMaintenance = () => clearInterval(maintenance);
     const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
     await mfa.ensureIndexes();
     const audit = new AuditLog(connection, logger);
     await audit.ensureIndexes(config.auditRetentionDays);
-    stopAuditRetention = audit.startRetention();
     const documents = new DocumentService(connection, accounts, logger);
     await documents.ensureIndexes();
     // Shares waiting for an address go to an account only once it has proven that address.
@@ -144,18 +153,10 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, revocations, logger,
     });
 
-    const jwks = await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: !config.isProduction });
-    let cookieKeys = config.cookieKeys;
-    if (!cookieKeys) {
-      logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
-      cookieKeys = [randomBytes(32).toString('base64url')];
-    }
-    const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger });
+    const jwks = await signingKeys(connection, config, options);
+    const cookieKeys = config.cookieKeys ?? [randomBytes(32).toString('base64url')];
+    const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken: (token) => tokenVerifier.verify(token) });
     const clients = new ClientService(store, provider, revocations);
-    await clients.ensure(ACCOUNT_CONSOLE_CLIENT_ID, {
-      name: 'Your account', isPublic: true, grantTypes: ['authorization_code'], scope: 'openid',
-      redirectUris: [`${config.issuer}/account/callback`],
-    });
     const limiters = new LimiterStore(redis, logger);
     const rateLimits = new RateLimits(config.rateLimits, limiters);
     const lockout = new Lockout(config.lockout, limiters);
@@ -167,19 +168,49 @@ export async function openServices(config: Config, logger: Logger): Promise<Serv
       async close() {
         if (closed) return;
         closed = true;
-        stopSweeper();
-        stopRevocations();
-        stopAuditRetention();
-        stopMaintenance();
         await Promise.allSettled([connection.close(), redis?.disconnect()]);
       },
     };
   } catch (error) {
-    stopSweeper();
-    stopRevocations();
-    stopAuditRetention();
-    stopMaintenance();
     await Promise.allSettled([connection.close(), redis?.disconnect()]);
     throw error;
   }
+}
+
+/** The built-in client of the account pages; only the server writes it, with its own issuer. */
+async function ensureAccountConsole(services: Services): Promise<void> {
+  await services.clients.ensure(ACCOUNT_CONSOLE_CLIENT_ID, {
+    name: 'Your account', isPublic: true, firstParty: true, grantTypes: ['authorization_code'], scope: 'openid',
+    redirectUris: [`${services.config.issuer}/account/callback`],
+  });
+}
+
+/**
+ * The serving process's part: opens the services, then the work no CLI command may do. Returns
+ * the services and a function that stops the timers (before closing the services).
+ */
+export async function startServices(config: Config, logger: Logger): Promise<{ services: Services; stop: () => void }> {
+  const services = await openServices(config, logger, { mayGenerateKeys: !config.isProduction });
+  const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
+  const stops: (() => void)[] = [];
+  try {
+    if (!config.cookieKeys) logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
+    await ensureAccountConsole(services);
+    stops.push(store.startSweeper(config.sweepIntervalSeconds, (error) =>
+      logger.error({ err: error }, 'sweeping expired artifacts failed')));
+    if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
+    stops.push(await revocations.start(config.revocationRefreshSeconds));
+    stops.push(audit.startRetention());
+    const maintenance = setInterval(() => {
+      Promise.all([accountTokens.sweep(), mfaChallenges.sweep(), mfa.sweep()])
+        .catch((error: unknown) => logger.error({ err: error }, 'sweeping expired account tokens failed'));
+    }, 10 * 60_000);
+    maintenance.unref();
+    stops.push(() => clearInterval(maintenance));
+  } catch (error) {
+    for (const stop of stops) stop();
+    await services.close();
+    throw error;
+  }
+  return { services, stop: () => { for (const stop of stops) stop(); } };
 }
