@@ -8,8 +8,10 @@ import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
+import { exportJWK, generateKeyPair } from 'jose';
 import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/observability/logger.ts';
+import { ACCOUNT_CONSOLE_CLIENT_ID } from '../src/oidc/provider.ts';
 import { openServices, type Services } from '../src/services.ts';
 import { testMongoUri, testRedisUrl } from './support/env.ts';
 
@@ -70,6 +72,10 @@ beforeAll(async () => {
     loadConfig({ NODE_ENV: 'test', MONGODB_URI: mongoUri, LOG_LEVEL: 'silent', COOKIE_KEYS: 'x'.repeat(32), CLIENT_CACHE_SECONDS: '0' }),
     createLogger('silent'),
   );
+  // What a serving process registers at start (CLI processes never write it).
+  await services.clients.ensure(ACCOUNT_CONSOLE_CLIENT_ID, {
+    name: 'Your account', isPublic: true, grantTypes: ['authorization_code'], scope: 'openid', redirectUris: ['http://127.0.0.1:9/account/callback'],
+  });
 });
 
 afterAll(async () => {
@@ -113,7 +119,7 @@ describe('client', () => {
 
   test('list and show never print a secret; show of an unknown id fails', async () => {
     const listed = await ok<Client[]>('client', 'list');
-    // The provider's own account pages are a client too, registered at start.
+    // The provider's own account pages are a client too, registered by the server at start.
     expect(listed.map((c) => c.client_id).sort()).toEqual(['account-console', confidential.client_id, publicClient.client_id, service.client_id].sort());
     for (const client of listed) expect(client).not.toHaveProperty('client_secret');
 
@@ -126,8 +132,10 @@ describe('client', () => {
 
   test('update keeps the secret, rotate-secret replaces it, delete removes the client', async () => {
     const updated = await ok<Client>('client', 'update', confidential.client_id, '--name', 'Renamed App');
-    expect(updated).toMatchObject({ client_id: confidential.client_id, client_name: 'Renamed App', client_secret: confidential.client_secret });
+    expect(updated).toMatchObject({ client_id: confidential.client_id, client_name: 'Renamed App' });
+    expect(updated).not.toHaveProperty('client_secret'); // printed once, by create
     expect(updated.redirect_uris).toEqual(confidential.redirect_uris);
+    expect((await services.provider.Client.find(confidential.client_id))?.clientSecret).toBe(confidential.client_secret);
 
     const rotated = await ok<Client>('client', 'rotate-secret', confidential.client_id);
     expect(rotated.client_secret).toEqual(expect.any(String));
@@ -155,6 +163,121 @@ describe('client', () => {
     const after = await ok<Client[]>('client', 'list');
     expect(after.map((c) => c.client_id)).toEqual(before.map((c) => c.client_id));
     expect(after.some((c) => c.client_name === 'Bad URI')).toBe(false);
+  });
+});
+
+describe('client options', () => {
+  type Jwk = Record<string, unknown>;
+  let publicJwk: Jwk;
+  let privateJwk: Jwk;
+  const stored = async (id: string) => (await services.clients.get(id))!;
+
+  beforeAll(async () => {
+    const { publicKey, privateKey } = await generateKeyPair('ES256', { extractable: true });
+    [publicJwk, privateJwk] = await Promise.all([exportJWK(publicKey), exportJWK(privateKey)]);
+  });
+
+  test('--pkce optional is for confidential clients only; a client cannot become public without PKCE', async () => {
+    const relaxed = await ok<Client>('client', 'create', '--name', 'Legacy server', '--redirect-uri', 'https://legacy.example.com/cb', '--pkce', 'optional');
+    expect(relaxed).toMatchObject({ pkce_required: false, token_endpoint_auth_method: 'client_secret_basic' });
+
+    const refused = await fails('client', 'create', '--name', 'SPA', '--public', '--redirect-uri', 'https://spa.example.com/cb', '--pkce', 'optional');
+    expect(refused).toMatchObject({ code: 1, stderr: expect.stringContaining('public client') });
+    expect(refused.stderr).toContain('PKCE');
+
+    expect((await fails('client', 'update', relaxed.client_id, '--public')).stderr).toContain('always requires PKCE');
+    expect((await fails('client', 'update', relaxed.client_id, '--token-endpoint-auth-method', 'none')).stderr).toContain('always requires PKCE');
+    expect(await stored(relaxed.client_id)).toMatchObject({ token_endpoint_auth_method: 'client_secret_basic', pkce_required: false });
+
+    // Asking for PKCE again in the same update is how such a client is made public.
+    const madePublic = await ok<Client>('client', 'update', relaxed.client_id, '--public', '--pkce', 'required');
+    expect(madePublic).toMatchObject({ token_endpoint_auth_method: 'none', pkce_required: true });
+    expect(await stored(relaxed.client_id)).not.toHaveProperty('client_secret');
+
+    expect((await usage('client', 'update', relaxed.client_id, '--pkce', 'sometimes')).stderr).toContain('--pkce must be required or optional');
+  });
+
+  test('each token endpoint auth method; only the secret methods have a secret', async () => {
+    const cb = ['--redirect-uri', 'https://methods.example.com/cb'];
+    const basic = await ok<Client>('client', 'create', '--name', 'Basic', ...cb, '--token-endpoint-auth-method', 'client_secret_basic');
+    const post = await ok<Client>('client', 'create', '--name', 'Post', ...cb, '--token-endpoint-auth-method', 'client_secret_post');
+    const none = await ok<Client>('client', 'create', '--name', 'None', ...cb, '--token-endpoint-auth-method', 'none');
+    const jwt = await ok<Client>('client', 'create', '--name', 'JWT', ...cb, '--token-endpoint-auth-method', 'private_key_jwt', '--jwks', JSON.stringify({ keys: [publicJwk] }));
+    for (const [client, method] of [[basic, 'client_secret_basic'], [post, 'client_secret_post'], [none, 'none'], [jwt, 'private_key_jwt']] as const) {
+      expect(client.token_endpoint_auth_method).toBe(method);
+      expect((await services.provider.Client.find(client.client_id))?.clientAuthMethod).toBe(method);
+    }
+    expect(basic.client_secret).toEqual(expect.any(String));
+    expect(post.client_secret).toEqual(expect.any(String));
+    expect(none).not.toHaveProperty('client_secret');
+    expect(jwt).not.toHaveProperty('client_secret');
+    expect(jwt.jwks).toEqual({ keys: [publicJwk] });
+    expect((await fails('client', 'rotate-secret', jwt.client_id)).stderr).toContain('has no secret');
+
+    expect((await fails('client', 'create', '--name', 'Both', ...cb, '--public', '--token-endpoint-auth-method', 'client_secret_post')).stderr)
+      .toContain('a public client has token endpoint auth method none');
+    expect((await usage('client', 'create', '--name', 'X', ...cb, '--token-endpoint-auth-method', 'client_secret_jwt')).stderr)
+      .toContain('--token-endpoint-auth-method must be');
+
+    // Back to a secret method: a new secret, printed by this update because it is the only time it can be.
+    const switched = await ok<Client>('client', 'update', jwt.client_id, '--token-endpoint-auth-method', 'client_secret_post');
+    expect(switched).toMatchObject({ token_endpoint_auth_method: 'client_secret_post', client_secret: expect.any(String) });
+    expect(switched).not.toHaveProperty('jwks');
+    expect((await services.provider.Client.find(jwt.client_id))?.clientSecret).toBe(switched.client_secret);
+    expect(await ok<Client>('client', 'update', jwt.client_id, '--name', 'JWT renamed')).not.toHaveProperty('client_secret');
+
+    // And to private_key_jwt: the secret is dropped, not kept around.
+    await ok('client', 'update', post.client_id, '--token-endpoint-auth-method', 'private_key_jwt', '--jwks-uri', 'https://keys.example.com/jwks');
+    expect(await stored(post.client_id)).toMatchObject({ jwks_uri: 'https://keys.example.com/jwks' });
+    expect(await stored(post.client_id)).not.toHaveProperty('client_secret');
+  });
+
+  test('private_key_jwt keys: public JWKs only, https (or loopback http) jwks_uri, exactly one of the two', async () => {
+    const jwt = ['--name', 'Keys', '--redirect-uri', 'https://keys.example.com/cb', '--token-endpoint-auth-method', 'private_key_jwt'];
+    expect((await fails('client', 'create', ...jwt, '--jwks', JSON.stringify({ keys: [privateJwk] }))).stderr).toContain('public keys only');
+    expect((await fails('client', 'create', ...jwt, '--jwks', JSON.stringify({ keys: [] }))).stderr).toContain('JSON Web Key Set');
+    expect((await usage('client', 'create', ...jwt, '--jwks', '{not json')).stderr).toContain('--jwks must be JSON');
+    for (const uri of ['http://keys.example.com/jwks', 'notaurl', 'https://user:pw@keys.example.com/jwks']) {
+      expect((await fails('client', 'create', ...jwt, '--jwks-uri', uri)).stderr).toContain('jwks_uri must be an https URL');
+    }
+    expect((await fails('client', 'create', ...jwt)).stderr).toContain('--jwks-uri URL or --jwks JSON');
+    expect((await fails('client', 'create', ...jwt, '--jwks-uri', 'https://keys.example.com/jwks', '--jwks', JSON.stringify({ keys: [publicJwk] }))).stderr)
+      .toContain('not both');
+    expect((await fails('client', 'create', '--name', 'Secret', '--redirect-uri', 'https://keys.example.com/cb', '--jwks-uri', 'https://keys.example.com/jwks')).stderr)
+      .toContain('only for token endpoint auth method private_key_jwt');
+
+    const loopback = await ok<Client>('client', 'create', ...jwt, '--jwks-uri', 'http://127.0.0.1:8080/jwks');
+    expect(loopback).toMatchObject({ jwks_uri: 'http://127.0.0.1:8080/jwks' });
+    expect(loopback).not.toHaveProperty('client_secret');
+  });
+
+  test('--first-party, --id-token-claims and --introspect-for are stored and cleared', async () => {
+    const api = 'https://api.example.com/';
+    const client = await ok<Client>('client', 'create', '--name', 'Console', '--redirect-uri', 'https://console.example.com/cb',
+      '--first-party', '--id-token-claims', 'minimal', '--introspect-for', api, '--introspect-for', 'https://other.example.com/');
+    expect(client).toMatchObject({ first_party: true, id_token_claims: 'minimal', introspect_for: [api, 'https://other.example.com/'] });
+
+    const cleared = await ok<Client>('client', 'update', client.client_id, '--no-first-party', '--no-introspect-for', '--id-token-claims', 'full');
+    expect(cleared).toMatchObject({ id_token_claims: 'full' });
+    expect(cleared).not.toHaveProperty('first_party');
+    expect(cleared).not.toHaveProperty('introspect_for');
+
+    expect((await fails('client', 'create', '--name', 'SPA', '--public', '--redirect-uri', 'https://spa.example.com/cb', '--introspect-for', api)).stderr)
+      .toContain('only for confidential clients');
+    expect((await fails('client', 'update', client.client_id, '--introspect-for', 'not a url')).stderr).toContain('introspect_for');
+    expect((await usage('client', 'update', client.client_id, '--id-token-claims', 'some')).stderr).toContain('--id-token-claims must be full or minimal');
+    expect((await usage('client', 'update', client.client_id, '--first-party', '--no-first-party')).stderr).toContain('use either');
+    expect(await stored(client.client_id)).toMatchObject({ id_token_claims: 'full' });
+  });
+
+  test('the built-in account-console client cannot be updated, rotated or deleted', async () => {
+    const before = await stored('account-console');
+    for (const args of [['update', 'account-console', '--name', 'Mine now'], ['rotate-secret', 'account-console'], ['delete', 'account-console']]) {
+      const result = await fails('client', ...args);
+      expect(result).toMatchObject({ code: 1, stderr: 'error: "account-console" is built into the server and cannot be changed or deleted\n' });
+    }
+    expect(await stored('account-console')).toEqual(before);
+    expect(await ok<Client>('client', 'show', 'account-console')).toMatchObject({ client_id: 'account-console', token_endpoint_auth_method: 'none' });
   });
 });
 

@@ -12,14 +12,17 @@ export interface RelyingParty {
   config: oidc.Configuration;
 }
 
-export async function registerRelyingParty(server: TestServer, input: Partial<ClientInput> = {}): Promise<RelyingParty> {
+/** `authFor` picks how the relying party authenticates at the token endpoint (default: Basic, or none for public clients). */
+export async function registerRelyingParty(
+  server: TestServer, input: Partial<ClientInput> = {}, authFor?: (client: StoredClient) => oidc.ClientAuth,
+): Promise<RelyingParty> {
   const client = await server.services.clients.create({
     name: 'Test RP',
     redirectUris: [REDIRECT_URI],
     postLogoutRedirectUris: [POST_LOGOUT_URI],
     ...input,
   });
-  const auth = client.client_secret ? oidc.ClientSecretBasic(client.client_secret) : oidc.None();
+  const auth = authFor ? authFor(client) : client.client_secret ? oidc.ClientSecretBasic(client.client_secret) : oidc.None();
   const config = await oidc.discovery(new URL(server.issuer), client.client_id, undefined, auth, {
     execute: [oidc.allowInsecureRequests],
   });
