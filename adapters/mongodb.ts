@@ -16,9 +16,10 @@
  * indexes; FerretDB v1 has none, so `ArtifactStore.sweepExpired` deletes them periodically. Either
  * way nothing expired is ever returned, because TTL deletion is lazy even on MongoDB.
  *
- * Secondary keys (a Session's uid, a DeviceCode's userCode) also get a pointer document in
- * `oidc_lookup` keyed by `_id`, because FerretDB v1 answers only `_id` queries from its indexes
- * and would scan the whole collection for `payload.uid`. Real MongoDB uses either path in O(log n).
+ * Secondary keys (a Session's uid, a DeviceCode's userCode, a Grant's account and client) also get
+ * a pointer document in `oidc_lookup` keyed by `_id`, because FerretDB v1 answers only `_id`
+ * queries from its indexes and would scan the whole collection for `payload.uid`. Real MongoDB
+ * uses either path in O(log n).
  *
  * Consumption is decided by inserting `{_id: "<model>:<id>"}` into `oidc_consumed`: a unique-key
  * insert is atomic on every backend, while a conditional update is not atomic on FerretDB v1.
@@ -40,6 +41,9 @@ const GRANTABLE = new Set<string>([
 
 /** Secondary keys that get an `_id`-keyed pointer; their values never change for an artifact. */
 const SECONDARY_KEYS: Record<string, 'uid' | 'userCode'> = { Session: 'uid', DeviceCode: 'userCode' };
+
+/** The pointer to the one grant an account has given a client (see ArtifactStore.grantIdFor). */
+const grantPointer = (accountId: string, clientId: string) => `Grant:${JSON.stringify([accountId, clientId])}`;
 
 interface LookupDocument { _id: string; id: string; expiresAt?: Date }
 
@@ -184,6 +188,16 @@ export class ArtifactStore {
     return () => clearInterval(timer);
   }
 
+  /**
+   * The grant this account gave this client, if it still exists: consent given in one session
+   * holds in the next. A grant written before pointers existed is not found (consent is asked
+   * once more) rather than paid for with a scan of every grant.
+   */
+  async grantIdFor(accountId: string, clientId: string): Promise<string | undefined> {
+    const pointer = await this.lookups.findOne({ _id: grantPointer(accountId, clientId) });
+    return pointer && (!pointer.expiresAt || pointer.expiresAt.getTime() > Date.now()) ? pointer.id : undefined;
+  }
+
   /** Deletes a grant and everything issued under it. */
   async revokeGrant(grantId: string): Promise<void> {
     await Promise.all([
@@ -238,6 +252,9 @@ export class MongoAdapter implements Adapter {
     const key = SECONDARY_KEYS[this.model];
     const value = key ? payload[key] : undefined;
     if (typeof value === 'string') await this.point(`${this.model}:${value}`, id, expiresIn, doc.expiresAt);
+    if (this.model === 'Grant' && typeof payload.accountId === 'string' && typeof payload.clientId === 'string') {
+      await this.point(grantPointer(payload.accountId, payload.clientId), id, expiresIn, doc.expiresAt);
+    }
   }
 
   /**

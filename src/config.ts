@@ -52,6 +52,8 @@ export interface Config {
     /** Refuse sign-in until the email address is verified. */
     readonly requireVerifiedEmail: boolean;
     readonly passwordMinLength: number;
+    /** Lowest zxcvbn score (0-4) a new password may have. */
+    readonly passwordMinScore: number;
   };
   readonly mail: {
     /** smtp:// or smtps:// URL; undefined in development means "write .eml files to outboxDir". */
@@ -82,7 +84,7 @@ export interface Limit {
 }
 
 export const RATE_LIMIT_NAMES = [
-  'signinPerIp', 'signinPerAccount', 'mfaPerAccount', 'registerPerIp', 'registerPerEmail',
+  'signinAttemptsPerIp', 'signinPerIp', 'signinPerAccount', 'mfaPerAccount', 'registerPerIp', 'registerPerEmail',
   'resetPerIp', 'resetPerEmail', 'verifyPerIp', 'verifyPerEmail', 'tokenPerClient',
 ] as const;
 export type RateLimitName = (typeof RATE_LIMIT_NAMES)[number];
@@ -207,7 +209,10 @@ function readDocuments(r: Reader, issuer: string, isProduction: boolean): Config
 
 /** RATE_LIMIT_* variables: "points/seconds", e.g. "30/60" for 30 per minute. */
 const RATE_LIMIT_DEFAULTS: Record<RateLimitName, [env: string, points: number, seconds: number]> = {
-  signinPerIp: ['RATE_LIMIT_SIGNIN_PER_IP', 30, 60],
+  // Every sign-in attempt from one address, successful or not: flood protection only, sized for
+  // hundreds of people behind one NAT. The limits after it count failures only.
+  signinAttemptsPerIp: ['RATE_LIMIT_SIGNIN_ATTEMPTS_PER_IP', 1200, 60],
+  signinPerIp: ['RATE_LIMIT_SIGNIN_PER_IP', 60, 60],
   signinPerAccount: ['RATE_LIMIT_SIGNIN_PER_ACCOUNT', 10, 300],
   mfaPerAccount: ['RATE_LIMIT_MFA_PER_ACCOUNT', 10, 300],
   registerPerIp: ['RATE_LIMIT_REGISTER_PER_IP', 10, 3600],
@@ -334,6 +339,7 @@ export function loadConfig(env: Env): Config {
       registrationEnabled: r.bool('REGISTRATION_ENABLED', !isProduction),
       requireVerifiedEmail: r.bool('REQUIRE_VERIFIED_EMAIL', false),
       passwordMinLength: r.int('PASSWORD_MIN_LENGTH', 12, 8, 64),
+      passwordMinScore: r.int('PASSWORD_MIN_SCORE', 3, 0, 4),
     },
     mail: {
       smtpUrl: r.url('SMTP_URL', ['smtp:', 'smtps:']),

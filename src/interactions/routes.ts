@@ -2,6 +2,8 @@
  * Hosted login and consent. oidc-provider sends the browser to GET /interaction/:uid; the prompt
  * it needs (login or consent) picks the page, and each form posts to its own action, which ends
  * by handing a result back to oidc-provider and redirecting to where it resumes the request.
+ * Consent is asked once per account and client (the grant is kept, see loadExistingGrant in
+ * src/oidc/provider.ts), and never for first-party clients.
  * @see node-oidc-provider example/routes/koa.js
  */
 import Router from '@koa/router';
@@ -13,13 +15,17 @@ import { normalizeEmail, type AccountService } from '../accounts/service.ts';
 import { PASSWORD_MAX_LENGTH } from '../accounts/password.ts';
 import { AppError } from '../http/errors.ts';
 import type { Logger } from '../observability/logger.ts';
-import { ACR_MFA, ACR_PASSWORD, isDocumentsScope, mfaRequired, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
+import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import { ACR_PASSWORD, acrDemand, reportedAcr } from '../oidc/acr.ts';
+import { clientPolicy } from '../oidc/client-metadata.ts';
+import { isDocumentsScope, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
 import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
-import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
+import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
+import { secondStep } from './second-step.ts';
 
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
 export const LOGIN_FAILED = 'The email or password is incorrect.';
@@ -31,11 +37,6 @@ const loginForm = z.object({
   password: z.string().min(1).max(PASSWORD_MAX_LENGTH),
 }).strict();
 
-const mfaForm = z.object({ _csrf: z.string(), code: z.string().max(40) }).strict();
-
-/** How long the second step may wait after the password. */
-const MFA_CHALLENGE_SECONDS = 5 * 60;
-
 const consentForm = z.object({ _csrf: z.string(), decision: z.enum(['allow', 'deny']) }).strict();
 
 function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[]] {
@@ -44,6 +45,7 @@ function partition<T>(items: readonly T[], test: (item: T) => boolean): [T[], T[
 
 export interface InteractionDeps {
   provider: Provider;
+  store: ArtifactStore;
   accounts: AccountService;
   logger: Logger;
   config: Config;
@@ -53,7 +55,10 @@ export interface InteractionDeps {
   challenges: MfaChallenges;
 }
 
-export function interactionRoutes({ provider, accounts, logger, config, rateLimits, lockout, mfa, challenges }: InteractionDeps): Router {
+type ConsentDetails = { missingOIDCScope?: string[]; missingOIDCClaims?: string[]; missingResourceScopes?: Record<string, string[]> };
+
+export function interactionRoutes(deps: InteractionDeps): Router {
+  const { provider, accounts, logger, config, rateLimits, lockout, mfa } = deps;
   const router = new Router({ prefix: '/interaction' });
 
   // Small limits: a login form is well under 1 kB, and large bodies are refused (413) before
@@ -91,45 +96,90 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
     });
   }
 
-  async function renderMfa(ctx: Context, uid: string, clientId: unknown, error?: string): Promise<void> {
-    const client = typeof clientId === 'string' ? await provider.Client.find(clientId) : undefined;
-    await ctx.render('mfa', { title: 'Two-step verification', uid, clientName: client?.clientName, error });
-  }
+  const second = secondStep({ ...deps, finish });
+  second.routes(router);
+
+  const waitFor = (check: Promise<void>) => check.then(() => 0, (error: unknown) => {
+    if (error instanceof RateLimitedError) return error.retryAfterSeconds;
+    throw error;
+  });
 
   /**
-   * Why this sign-in must wait, if it must: the limits per address and per email, and the email's
-   * lockout. Keyed by the submitted email whether or not it has an account, so a refusal says
-   * nothing about which emails exist.
+   * Why this sign-in must wait, if it must: too many attempts of any outcome from the address (a
+   * flood), too many failures from the address or for the email, or the email's lockout. Only
+   * failures are counted against the last three (signInFailed), so people who sign in correctly
+   * are never refused, however many share an address. Keyed by the submitted email whether or not
+   * it has an account, so a refusal says nothing about which emails exist.
    */
   async function signInRefusal(ip: string, email: string | undefined): Promise<RateLimitedError | undefined> {
-    const waitFor = (check: Promise<void>) => check.then(() => 0, (error: unknown) => {
-      if (error instanceof RateLimitedError) return error.retryAfterSeconds;
-      throw error;
-    });
     const waits = await Promise.all([
-      waitFor(rateLimits.consume('signinPerIp', ip)),
-      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email)), lockout.lockedFor(email)]),
+      waitFor(rateLimits.consume('signinAttemptsPerIp', ip)),
+      waitFor(rateLimits.check('signinPerIp', ip)),
+      ...(email === undefined ? [] : [waitFor(rateLimits.check('signinPerAccount', email)), lockout.lockedFor(email)]),
     ]);
     const wait = Math.max(...waits);
     return wait > 0 ? new RateLimitedError(wait) : undefined;
   }
 
-  router.get('/:uid', async (ctx) => {
-    const { uid, prompt, params } = await provider.interactionDetails(ctx.req, ctx.res);
-    if (uid !== ctx.params.uid) throw new errors.SessionNotFound('interaction mismatch');
-    if (prompt.name === 'login') {
-      // A reload between the password and the code shows the code page again.
-      if (await challenges.pending(uid)) return renderMfa(ctx, uid, params.client_id);
-      return renderLogin(ctx, uid, params.client_id);
-    }
-    if (prompt.name !== 'consent') throw new AppError('unsupported_prompt', 'This request needs a step this server does not offer.', 400);
+  /** Counts a failed sign-in; returns the lock it started on the email, in seconds (0: none). */
+  async function signInFailed(ip: string, email: string | undefined): Promise<number> {
+    const [lockSeconds] = await Promise.all([
+      email === undefined ? 0 : lockout.recordFailure(email),
+      waitFor(rateLimits.consume('signinPerIp', ip)),
+      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email))]),
+    ]);
+    return lockSeconds;
+  }
 
+  /** Records consent for what the prompt is missing, on the account's one grant for this client. */
+  async function grantConsent(interaction: Interaction): Promise<InteractionResults> {
+    const { params, session, grantId, prompt } = interaction;
+    const grant = grantId
+      ? await provider.Grant.find(grantId)
+      : new provider.Grant({ accountId: session!.accountId, clientId: String(params.client_id) });
+    if (!grant) throw new errors.SessionNotFound('grant not found');
+    const details = prompt.details as ConsentDetails;
+    if (details.missingOIDCScope) {
+      // The documents scopes are granted per resource (below), never as OIDC scopes; rejecting
+      // them here records the decision, so consent is not asked again for them.
+      const [documentsScopes, oidcScopes] = partition(details.missingOIDCScope, isDocumentsScope);
+      if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
+      if (documentsScopes.length) grant.rejectOIDCScope(documentsScopes.join(' '));
+    }
+    if (details.missingOIDCClaims) grant.addOIDCClaims(details.missingOIDCClaims);
+    for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) {
+      grant.addResourceScope(indicator, scopes.join(' '));
+    }
+    const savedGrantId = await grant.save();
+    return { consent: grantId ? {} : { grantId: savedGrantId } };
+  }
+
+  router.get('/:uid', async (ctx) => {
+    const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+    const { uid, prompt, params, session } = interaction;
+    if (uid !== ctx.params.uid) throw new errors.SessionNotFound('interaction mismatch');
     const client = await provider.Client.find(String(params.client_id));
-    const details = prompt.details as { missingOIDCScope?: string[]; missingResourceScopes?: Record<string, string[]> };
+    if (prompt.name === 'login') {
+      // Core 5.5.1.1: an essential acr this provider can never reach fails the request.
+      if (acrDemand(params.claims, client) === 'unreachable') {
+        return finish(ctx, interaction, { error: 'access_denied', error_description: 'none of the requested authentication context classes is available' });
+      }
+      if (await second.resume(ctx, uid, params.client_id)) return;
+      // Core 3.1.2.1: login_hint fills in the email the relying party already knows.
+      const hint = typeof params.login_hint === 'string' && params.login_hint.length <= 254 ? params.login_hint : '';
+      return renderLogin(ctx, uid, params.client_id, undefined, hint);
+    }
+    if (prompt.name !== 'consent' || !session) throw new AppError('unsupported_prompt', 'This request needs a step this server does not offer.', 400);
+    // First-party apps are part of this provider: what they ask for is granted without a question.
+    if (clientPolicy(client).firstParty) return finish(ctx, interaction, await grantConsent(interaction));
+
+    const details = prompt.details as ConsentDetails;
     // The documents scopes also count as OIDC scopes to oidc-provider; only those the API will
     // actually grant (its resource scopes) are shown, so nobody is asked for documents:admin in vain.
     const oidcScopes = (details.missingOIDCScope ?? []).filter((scope) => !isDocumentsScope(scope));
-    const scopes = [...new Set([...oidcScopes, ...Object.values(details.missingResourceScopes ?? {}).flat()])];
+    const missing = [...new Set([...oidcScopes, ...Object.values(details.missingResourceScopes ?? {}).flat()])];
+    // prompt=consent with everything granted already: confirm what the request asks for.
+    const scopes = missing.length ? missing : String(params.scope ?? '').split(' ').filter((scope) => scope && !isDocumentsScope(scope));
     await ctx.render('consent', {
       title: 'Allow access',
       uid,
@@ -159,7 +209,7 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
     if (!accountId || email === undefined) {
       // Counted for unknown emails too: a lock then says nothing about the account, and both
       // answers take the same work (and time).
-      const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
+      const lockSeconds = await signInFailed(ctx.ip, email);
       logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form', lockSeconds }, 'sign-in failed');
       ctx.status = 401;
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
@@ -171,54 +221,17 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
       ctx.status = 403;
       return renderLogin(ctx, uid, params.client_id, 'Verify your email address first: follow the link we sent you, or ask for a new one at /verify-email/resend.', email);
     }
-    if (await mfa.isEnabled(accountId)) {
-      await challenges.start(uid, accountId, MFA_CHALLENGE_SECONDS);
-      logger.info({ uid, accountId }, 'password accepted; waiting for the second step');
-      return renderMfa(ctx, uid, params.client_id);
-    }
+    if (await mfa.isEnabled(accountId)) return second.begin(ctx, uid, accountId, params.client_id, false);
+    // The application demands a second factor this account does not have: set it up in place.
     const client = await provider.Client.find(String(params.client_id));
-    if (mfaRequired(params, client)) {
-      ctx.status = 403;
-      return renderLogin(ctx, uid, params.client_id, 'This application requires two-step verification. Turn it on from your account page (/account), then sign in again.', email);
-    }
+    if (acrDemand(params.claims, client) === 'mfa') return second.begin(ctx, uid, accountId, params.client_id, true);
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'], acr: ACR_PASSWORD } });
-  });
-
-  router.post('/:uid/mfa', async (ctx) => {
-    const interaction = await provider.interactionDetails(ctx.req, ctx.res);
-    const { uid, prompt, params } = interaction;
-    if (uid !== ctx.params.uid || prompt.name !== 'login') throw new errors.SessionNotFound('interaction mismatch');
-    const accountId = await challenges.pending(uid);
-    if (!accountId) throw new errors.SessionNotFound('no second step pending');
-
-    // Wrong codes lock the second step like wrong passwords lock the first, with growing waits,
-    // so the 10^6 codes cannot be worked through slowly either.
-    const lockKey = `mfa:${accountId}`;
-    const wait = await waitBeforeGuess(lockout, rateLimits, lockKey, 'mfaPerAccount', accountId);
-    if (wait) {
-      ctx.status = 429;
-      ctx.set('Retry-After', String(wait));
-      return renderMfa(ctx, uid, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
-    }
-    const form = mfaForm.safeParse(ctx.request.body);
-    const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
-    await (factor ? lockout.recordSuccess(lockKey) : lockout.recordFailure(lockKey));
-    if (!factor) {
-      logger.info({ uid, accountId }, 'second step failed');
-      ctx.status = 401;
-      return renderMfa(ctx, uid, params.client_id, 'That code is not valid. Enter the current code from your app, or an unused recovery code.');
-    }
-    await challenges.end(uid);
-    logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
-    // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
-    const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
-    await finish(ctx, interaction, { login: { accountId, amr, acr: ACR_MFA } });
+    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) } });
   });
 
   router.post('/:uid/consent', async (ctx) => {
     const interaction = await provider.interactionDetails(ctx.req, ctx.res);
-    const { uid, prompt, params, session, grantId } = interaction;
+    const { uid, prompt, session } = interaction;
     if (uid !== ctx.params.uid || prompt.name !== 'consent' || !session) throw new errors.SessionNotFound('interaction mismatch');
 
     const form = consentForm.safeParse(ctx.request.body);
@@ -226,27 +239,7 @@ export function interactionRoutes({ provider, accounts, logger, config, rateLimi
     if (form.data.decision === 'deny') {
       return finish(ctx, interaction, { error: 'access_denied', error_description: 'The user denied the request' });
     }
-
-    const grant = grantId
-      ? await provider.Grant.find(grantId)
-      : new provider.Grant({ accountId: session.accountId, clientId: String(params.client_id) });
-    if (!grant) throw new errors.SessionNotFound('grant not found');
-    const details = prompt.details as {
-      missingOIDCScope?: string[]; missingOIDCClaims?: string[]; missingResourceScopes?: Record<string, string[]>;
-    };
-    if (details.missingOIDCScope) {
-      // The documents scopes are granted per resource (below), never as OIDC scopes; rejecting
-      // them here records the decision, so consent is not asked again for them.
-      const [documentsScopes, oidcScopes] = partition(details.missingOIDCScope, isDocumentsScope);
-      if (oidcScopes.length) grant.addOIDCScope(oidcScopes.join(' '));
-      if (documentsScopes.length) grant.rejectOIDCScope(documentsScopes.join(' '));
-    }
-    if (details.missingOIDCClaims) grant.addOIDCClaims(details.missingOIDCClaims);
-    for (const [indicator, scopes] of Object.entries(details.missingResourceScopes ?? {})) {
-      grant.addResourceScope(indicator, scopes.join(' '));
-    }
-    const savedGrantId = await grant.save();
-    await finish(ctx, interaction, { consent: grantId ? {} : { grantId: savedGrantId } });
+    await finish(ctx, interaction, await grantConsent(interaction));
   });
 
   return router;

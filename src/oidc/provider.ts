@@ -2,35 +2,43 @@
  * oidc-provider configuration. Departures from the library's defaults, and why:
  * - devInteractions off: the built-in pages accept any password.
  * - responseTypes ['code'] only: implicit and hybrid flows stay off (OAuth 2.1 / BCP 212).
- * - PKCE (S256) required for every client unless PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS=false.
+ * - PKCE (S256) required for every client; a confidential client may be registered without it
+ *   (`pkce_required: false`), and PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS=false changes the default.
  * - rotateRefreshToken always: a reused refresh token then revokes the whole grant.
  * - allowOmittingSingleRegisteredRedirectUri false: redirect_uri is always sent and matched exactly.
  * - ES256 signs ID tokens by default (see keys.ts).
+ * - conformIdTokenClaims false: the claims of the granted scopes go into the ID token as well as
+ *   userinfo, because many relying parties read them only there; a client registered with
+ *   `id_token_claims: minimal` gets them from userinfo only.
+ * - enableHttpPostMethods: /auth and /session/end accept POST (Core 3.1.2.1, RP-Initiated Logout
+ *   2); see sessionCookies below for what that asks of the cookies.
+ * - one grant per account and client, kept across sessions and sign-outs (loadExistingGrant,
+ *   revokeGrantPolicy), so consent is asked once.
  * @see https://github.com/panva/node-oidc-provider/blob/main/docs/README.md
  */
+import { decodeJwt } from 'jose';
 import { errors, interactionPolicy, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import { ACR_MFA, ACR_VALUES, acrDemand } from './acr.ts';
+import { clientPolicy, extraClientMetadata } from './client-metadata.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { PrivateJwks } from './keys.ts';
 
 export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] as const;
+export { ACR_MFA, ACR_PASSWORD } from './acr.ts';
+
+/** OpenID Connect Core 5.4: the standard claims of the profile scope that accounts hold. */
+export const PROFILE_CLAIMS = [
+  'name', 'given_name', 'family_name', 'preferred_username', 'nickname', 'picture', 'website', 'locale', 'zoneinfo', 'updated_at',
+] as const;
 
 /** Scopes of the documents API (a resource server, so not OIDC scopes). */
 export const DOCUMENTS_SCOPES = ['documents:read', 'documents:write', 'documents:admin'] as const;
-/** Authentication context classes (the `acr` claim): password alone, or password and a second factor. */
-export const ACR_PASSWORD = 'urn:oidc-idp:acr:pwd';
-export const ACR_MFA = 'urn:oidc-idp:acr:mfa';
 
 /** The provider's own account pages sign in through the provider like any client (src/accounts/account-pages.ts). */
 export const ACCOUNT_CONSOLE_CLIENT_ID = 'account-console';
-
-/** Whether this authorization request must end with two-step verification. */
-export function mfaRequired(params: Record<string, unknown> | undefined, client: Client | undefined): boolean {
-  const acrValues = typeof params?.acr_values === 'string' ? params.acr_values.split(' ') : [];
-  return acrValues.includes(ACR_MFA) || (client as { require_mfa?: unknown } | undefined)?.require_mfa === true;
-}
 
 /**
  * oidc-provider's default prompts, plus: a session signed in with the password alone does not
@@ -41,7 +49,7 @@ function interactionPolicyWithMfa() {
   policy.get('login')!.checks.add(new interactionPolicy.Check('mfa_required', 'two-step verification is required', (ctx) => {
     const { oidc } = ctx;
     const satisfied = oidc.session?.acr === ACR_MFA || oidc.result?.login !== undefined;
-    return oidc.session?.accountId && !satisfied && mfaRequired(oidc.params, oidc.client)
+    return oidc.session?.accountId && !satisfied && acrDemand(oidc.claims, oidc.client) === 'mfa'
       ? interactionPolicy.Check.REQUEST_PROMPT
       : interactionPolicy.Check.NO_NEED_TO_PROMPT;
   }));
@@ -56,7 +64,7 @@ export const SCOPE_DESCRIPTIONS: Record<string, string> = {
   'documents:read': 'Read your documents and the documents shared with you',
   'documents:write': 'Create, change, share and delete your documents',
   'documents:admin': 'Read and manage every document (administrators)',
-  profile: 'See your name',
+  profile: 'See your name and profile (picture, username, language, time zone)',
   email: 'See your email address and whether it is verified',
   roles: 'See the roles you hold',
   offline_access: 'Stay connected when you are not using the app',
@@ -69,6 +77,8 @@ export interface ProviderDeps {
   jwks: PrivateJwks;
   cookieKeys: readonly string[];
   logger: Logger;
+  /** Verifies a JWT access token of the documents API (signature, claims, revocation); throws if invalid. */
+  verifyAccessToken: (token: string) => Promise<unknown>;
 }
 
 export const isDocumentsScope = (scope: string) => (DOCUMENTS_SCOPES as readonly string[]).includes(scope);
@@ -96,15 +106,68 @@ function render(ctx: KoaContextWithOIDC): Render {
   return (ctx as unknown as { render: Render }).render;
 }
 
-export function createProvider({ config, store, accounts, jwks, cookieKeys, logger }: ProviderDeps): Provider {
-  const cookie = { httpOnly: true, sameSite: 'lax' as const, secure: config.secureTransport };
+/**
+ * POST to /auth and /session/end comes from the relying party's page, a cross-site request, so
+ * oidc-provider insists that its session cookie (the long one) is SameSite=None, and browsers
+ * accept SameSite=None only with Secure. That works on https issuers and on loopback http ones
+ * (browsers take Secure cookies from http://localhost); on any other http issuer (development
+ * only) POST stays off and the cookie stays Lax. The short-lived interaction cookies stay Lax:
+ * they are only read on our own pages, after a top-level redirect.
+ */
+function sessionCookies(issuer: string) {
+  const url = new URL(issuer);
+  const loopback = ['localhost', '127.0.0.1', '[::1]'].includes(url.hostname);
+  const postAllowed = url.protocol === 'https:' || loopback;
+  const short = { httpOnly: true, sameSite: 'lax' as const, secure: url.protocol === 'https:' };
+  const long = postAllowed ? { httpOnly: true, sameSite: 'none' as const, secure: true } : short;
+  return { postAllowed, insecureLoopback: postAllowed && url.protocol === 'http:', long, short };
+}
+
+/** Whether a token may be described to `client`: its own tokens, or tokens for an audience it serves. */
+function mayIntrospect(client: Client, token: { clientId?: string; aud?: unknown }): boolean {
+  if (token.clientId === client.clientId) return true;
+  const audiences = Array.isArray(token.aud) ? token.aud : typeof token.aud === 'string' ? [token.aud] : [];
+  const servedAudiences = clientPolicy(client).introspectFor;
+  return client.clientAuthMethod !== 'none' && audiences.some((aud) => servedAudiences.includes(aud));
+}
+
+/**
+ * oidc-provider answers introspection of a JWT access token with 400 unsupported_token_type
+ * before its allowedPolicy runs (it stores no JWTs to look up). The documents API's tokens are
+ * JWTs, and resource servers registered for it (`introspect_for`) may ask about them: after the
+ * route has authenticated the calling client, such a token is verified here and described to
+ * that client alone, and anyone else is told `active: false` (RFC 7662 section 2.2).
+ */
+function introspectJwtAccessTokens(verify: ProviderDeps['verifyAccessToken']): Parameters<Provider['use']>[0] {
+  return async (ctx, next) => {
+    await next();
+    const oidc = (ctx as unknown as { oidc?: KoaContextWithOIDC['oidc'] }).oidc;
+    if (oidc?.route !== 'introspection' || !oidc.client || (ctx.body as { error?: unknown } | undefined)?.error !== 'unsupported_token_type') return;
+    const token = String(oidc.params?.token ?? '');
+    const valid = await verify(token).then(() => true, () => false);
+    const claims = valid ? decodeJwt(token) : undefined;
+    const described = claims && mayIntrospect(oidc.client, { clientId: String(claims.client_id), aud: claims.aud });
+    ctx.status = 200;
+    ctx.body = described ? { ...claims, active: true, token_type: 'Bearer' } : { active: false };
+  };
+}
+
+export function createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken }: ProviderDeps): Provider {
+  const cookies = sessionCookies(config.issuer);
 
   const configuration: Configuration = {
     adapter: (name: string) => store.adapterFor(name),
     clients: [],
     jwks,
-    findAccount: (_ctx, id) => accounts.findAccount(id),
-    cookies: { keys: [...cookieKeys], long: cookie, short: cookie },
+    findAccount: async (ctx, id) => {
+      const account = await accounts.findAccount(id);
+      if (!account || clientPolicy(ctx.oidc.client).idTokenClaims === 'full') return account;
+      // id_token_claims: minimal. acr, amr, auth_time and sid are added by oidc-provider itself.
+      return { ...account, claims: async (use, ...rest) => (use === 'id_token' ? { sub: id } : account.claims(use, ...rest)) };
+    },
+    cookies: { keys: [...cookieKeys], long: cookies.long, short: cookies.short },
+    enableHttpPostMethods: cookies.postAllowed,
+    conformIdTokenClaims: false,
     // The API's scopes are listed too: oidc-provider only lets a client register (and request)
     // scopes from this list. Which of them a token actually carries is decided per resource by
     // getResourceServerInfo below.
@@ -115,13 +178,16 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       // How the user signed in travels with `openid`, so every ID token says it (RFC 8176 amr;
       // acr is ACR_PASSWORD or ACR_MFA), not only those that ask with the claims parameter.
       openid: ['sub', 'acr', 'amr', 'auth_time'],
-      profile: ['name', 'updated_at'],
+      profile: [...PROFILE_CLAIMS],
       email: ['email', 'email_verified'],
       roles: ['roles'],
     },
     responseTypes: ['code'],
     pkce: {
-      required: (_ctx, client) => client.clientAuthMethod === 'none' || config.pkceRequiredForConfidentialClients,
+      required: (_ctx, client) => {
+        const registered = (client as { pkce_required?: boolean }).pkce_required;
+        return client.clientAuthMethod === 'none' || (registered ?? config.pkceRequiredForConfidentialClients);
+      },
     },
     rotateRefreshToken: true,
     allowOmittingSingleRegisteredRedirectUri: false,
@@ -151,26 +217,21 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       policy: interactionPolicyWithMfa(),
       url: (_ctx, interaction) => `/interaction/${interaction.uid}`,
     },
-    acrValues: [ACR_PASSWORD, ACR_MFA],
-    // `require_mfa`: the client only accepts sign-ins with a second factor (`client update --require-mfa`).
-    extraClientMetadata: {
-      properties: ['require_mfa'],
-      validator: (_ctx, key, value) => {
-        if (key === 'require_mfa' && value !== undefined && typeof value !== 'boolean') {
-          throw new errors.InvalidClientMetadata('require_mfa must be true or false');
-        }
-      },
-    },
-    // The account pages are part of the provider: signing in to them needs no consent screen.
+    acrValues: [...ACR_VALUES],
+    extraClientMetadata,
+    // One grant per account and client: a new session finds the consent given in an earlier one.
     loadExistingGrant: async (ctx) => {
-      const grantId = ctx.oidc.result?.consent?.grantId ?? ctx.oidc.session!.grantIdFor(ctx.oidc.client!.clientId);
-      if (grantId) return ctx.oidc.provider.Grant.find(grantId);
-      if (ctx.oidc.client!.clientId !== ACCOUNT_CONSOLE_CLIENT_ID || !ctx.oidc.session?.accountId) return undefined;
-      const grant = new ctx.oidc.provider.Grant({ clientId: ACCOUNT_CONSOLE_CLIENT_ID, accountId: ctx.oidc.session.accountId });
-      grant.addOIDCScope('openid');
-      await grant.save();
-      return grant;
+      const { client, session } = ctx.oidc;
+      const grantId = ctx.oidc.result?.consent?.grantId ?? session!.grantIdFor(client!.clientId)
+        ?? (session?.accountId ? await store.grantIdFor(session.accountId, client!.clientId) : undefined);
+      const grant = grantId ? await ctx.oidc.provider.Grant.find(grantId) : undefined;
+      // A grant is only ever used for the account and client it was given by.
+      return grant && grant.accountId === session?.accountId && grant.clientId === client!.clientId ? grant : undefined;
     },
+    // Signing out of an app (or everywhere) ends its tokens but keeps the consent; reusing a code
+    // or a refresh token, or revoking a refresh token, still ends the whole grant.
+    revokeGrantPolicy: (ctx) => !String(ctx.oidc.route).startsWith('end_session')
+      && !(ctx.oidc.route === 'revocation' && ctx.oidc.entities.AccessToken),
     features: {
       devInteractions: { enabled: false },
       // RFC 8707 + RFC 9068: tokens for the documents API are JWTs with the API as audience.
@@ -200,12 +261,12 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
         },
       },
       clientCredentials: { enabled: true },
+      // Essential claims (Core 5.5), an essential acr among them.
+      claimsParameter: { enabled: true },
       introspection: {
         enabled: true,
-        // Confidential clients are resource servers and may introspect any token; a public
-        // client may only look at its own.
-        allowedPolicy: async (_ctx, client, token) =>
-          client.clientAuthMethod !== 'none' || token.clientId === client.clientId,
+        // RFC 7662 section 4: anyone else is told only `active: false`.
+        allowedPolicy: async (_ctx, client, token) => mayIntrospect(client, token as { clientId?: string; aud?: unknown }),
       },
       revocation: {
         enabled: true,
@@ -236,6 +297,16 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
 
   const provider = new Provider(config.issuer, configuration);
   provider.proxy = config.trustProxy;
+  provider.use(introspectJwtAccessTokens(verifyAccessToken));
+  // Browsers accept Secure cookies from http://localhost, but the cookies library refuses to set
+  // them on a plain-http request unless the request counts as secure; oidc-provider reads only
+  // `ctx.secure` for that, and only for its cookies.
+  if (cookies.insecureLoopback) {
+    provider.use(async (ctx, next) => {
+      Object.defineProperty(ctx.request, 'secure', { value: true, configurable: true });
+      await next();
+    });
+  }
   provider.on('server_error', (_ctx, error) => logger.error({ err: error }, 'oidc-provider server error'));
   // Expected client mistakes (invalid_grant, ...): worth a line, never a stack or a token.
   const refused = (event: string) => (_ctx: unknown, error: Error & { error_description?: string }) =>

@@ -92,6 +92,16 @@ export class RateLimits {
     this.limiters = Object.fromEntries(RATE_LIMIT_NAMES.map((name) => [name, store.create(`rl:${name}`, limits[name])])) as Record<RateLimitName, RateLimiterAbstract>;
   }
 
+  /**
+   * Throws RateLimitedError when `key` has used up its limit, without counting anything: for limits
+   * that count failures, which are consumed only once the attempt has failed.
+   */
+  async check(name: RateLimitName, key: string): Promise<void> {
+    const limiter = this.limiters[name];
+    const used = await limiter.get(hashKey(key));
+    if (used && used.consumedPoints >= limiter.points) throw new RateLimitedError(retryAfterSeconds(used.msBeforeNext));
+  }
+
   /** Counts one event for `key` (an email, IP address or client id); throws RateLimitedError over the limit. */
   async consume(name: RateLimitName, key: string): Promise<void> {
     try {

@@ -10,6 +10,8 @@ export interface Form {
 export class Browser {
   private readonly cookies = new Map<string, string>();
   private readonly defaultHeaders: Record<string, string>;
+  /** Every Set-Cookie header received, as sent, for tests that check cookie attributes. */
+  readonly setCookieHeaders: string[] = [];
 
   /** defaultHeaders go with every request (the benchmark sends X-Forwarded-Proto through them). */
   constructor(defaultHeaders: Record<string, string> = {}) {
@@ -18,6 +20,7 @@ export class Browser {
 
   private store(response: Response): void {
     for (const header of response.headers.getSetCookie()) {
+      this.setCookieHeaders.push(header);
       const [pair, ...attributes] = header.split(';');
       const index = pair!.indexOf('=');
       const name = pair!.slice(0, index).trim();

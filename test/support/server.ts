@@ -6,7 +6,7 @@ import { startServer, type RunningServer } from '../../src/server.ts';
 import { testMongoUri, testRedisUrl } from './env.ts';
 
 const RELAXED_PROTECTION: Record<string, string> = {
-  ...Object.fromEntries(['SIGNIN_PER_IP', 'SIGNIN_PER_ACCOUNT', 'MFA_PER_ACCOUNT', 'REGISTER_PER_IP', 'REGISTER_PER_EMAIL',
+  ...Object.fromEntries(['SIGNIN_ATTEMPTS_PER_IP', 'SIGNIN_PER_IP', 'SIGNIN_PER_ACCOUNT', 'MFA_PER_ACCOUNT', 'REGISTER_PER_IP', 'REGISTER_PER_EMAIL',
     'RESET_PER_IP', 'RESET_PER_EMAIL', 'VERIFY_PER_IP', 'VERIFY_PER_EMAIL', 'TOKEN_PER_CLIENT'].map((name) => [`RATE_LIMIT_${name}`, '100000/60'])),
   LOCKOUT_THRESHOLD: '100',
 };

@@ -1,0 +1,163 @@
+/**
+ * The second step of a sign-in, after the password: a code from the account's authenticator
+ * (POST /interaction/:uid/mfa), or, when the application requires two-step verification from an
+ * account that has none yet, setting it up in place (POST /interaction/:uid/mfa-setup) and then
+ * continuing to the application with the recovery codes shown once.
+ */
+import type Router from '@koa/router';
+import type { Context } from 'koa';
+import { errors, type Interaction, type InteractionResults, type Provider } from 'oidc-provider';
+import { z } from 'zod';
+import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import { MfaError, type MfaService } from '../accounts/mfa.ts';
+import type { AccountService } from '../accounts/service.ts';
+import type { Logger } from '../observability/logger.ts';
+import { ACR_MFA, reportedAcr } from '../oidc/acr.ts';
+import type { Lockout } from '../security/lockout.ts';
+import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
+import type { MfaChallenges, PendingChallenge } from './mfa-challenges.ts';
+
+const codeForm = z.object({ _csrf: z.string(), code: z.string().max(40) }).strict();
+
+/** How long the second step may wait after the password. */
+const CHALLENGE_SECONDS = 10 * 60;
+
+export interface SecondStepDeps {
+  provider: Provider;
+  store: ArtifactStore;
+  accounts: AccountService;
+  mfa: MfaService;
+  challenges: MfaChallenges;
+  rateLimits: RateLimits;
+  lockout: Lockout;
+  logger: Logger;
+  finish: (ctx: Context, interaction: Interaction, result: InteractionResults) => Promise<void>;
+}
+
+export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, finish }: SecondStepDeps) {
+  async function clientName(clientId: unknown): Promise<string | undefined> {
+    return typeof clientId === 'string' ? (await provider.Client.find(clientId))?.clientName : undefined;
+  }
+
+  async function renderCode(ctx: Context, uid: string, clientId: unknown, error?: string): Promise<void> {
+    await ctx.render('mfa', { title: 'Two-step verification', uid, clientName: await clientName(clientId), error });
+  }
+
+  async function renderSetup(ctx: Context, uid: string, accountId: string, clientId: unknown, error = ''): Promise<void> {
+    const account = await accounts.get(accountId);
+    if (!account) throw new errors.SessionNotFound('account gone');
+    const enrolment = (await mfa.pendingEnrolment(accountId, account.email)) ?? await mfa.beginEnrolment(accountId, account.email);
+    const name = await clientName(clientId);
+    await ctx.render('mfa-setup', {
+      title: 'Set up two-step verification', error, ...enrolment, action: `/interaction/${uid}/mfa-setup`,
+      reason: `${name ?? 'This application'} requires two-step verification. Set it up now to continue.`,
+    });
+  }
+
+  /**
+   * Wrong codes lock the second step like wrong passwords lock the first, with growing waits, so
+   * the 10^6 codes cannot be worked through slowly either. Only failures count.
+   */
+  async function waitBeforeCode(accountId: string): Promise<number> {
+    const locked = await lockout.lockedFor(`mfa:${accountId}`);
+    if (locked) return locked;
+    return rateLimits.check('mfaPerAccount', accountId).then(() => 0, (error: unknown) => {
+      if (error instanceof RateLimitedError) return error.retryAfterSeconds;
+      throw error;
+    });
+  }
+
+  async function recordCode(accountId: string, right: boolean): Promise<void> {
+    if (right) return lockout.recordSuccess(`mfa:${accountId}`);
+    await Promise.all([
+      lockout.recordFailure(`mfa:${accountId}`),
+      rateLimits.consume('mfaPerAccount', accountId).catch((error: unknown) => {
+        if (!(error instanceof RateLimitedError)) throw error;
+      }),
+    ]);
+  }
+
+  /** Loads the interaction a second-step form belongs to, and the challenge it waits on. */
+  async function pendingStep(ctx: Context, purpose: PendingChallenge['purpose']) {
+    const interaction = await provider.interactionDetails(ctx.req, ctx.res);
+    if (interaction.uid !== ctx.params.uid || interaction.prompt.name !== 'login') throw new errors.SessionNotFound('interaction mismatch');
+    const pending = await challenges.pending(interaction.uid);
+    if (pending?.purpose !== purpose) throw new errors.SessionNotFound('no second step pending');
+    return { interaction, accountId: pending.accountId };
+  }
+
+  return {
+    /** After the right password: ask for a code, or for setting a factor up if one is required. */
+    async begin(ctx: Context, uid: string, accountId: string, clientId: unknown, setUp: boolean): Promise<void> {
+      await challenges.start(uid, accountId, CHALLENGE_SECONDS, setUp ? 'enrol' : 'verify');
+      logger.info({ uid, accountId, setUp }, 'password accepted; waiting for the second step');
+      return setUp ? renderSetup(ctx, uid, accountId, clientId) : renderCode(ctx, uid, clientId);
+    },
+
+    /** A reload between the password and the second step shows that step again. */
+    async resume(ctx: Context, uid: string, clientId: unknown): Promise<boolean> {
+      const pending = await challenges.pending(uid);
+      if (!pending) return false;
+      await (pending.purpose === 'enrol' ? renderSetup(ctx, uid, pending.accountId, clientId) : renderCode(ctx, uid, clientId));
+      return true;
+    },
+
+    routes(router: Router): void {
+      router.post('/:uid/mfa', async (ctx) => {
+        const { interaction, accountId } = await pendingStep(ctx, 'verify');
+        const { uid, params } = interaction;
+        const wait = await waitBeforeCode(accountId);
+        if (wait) {
+          ctx.status = 429;
+          ctx.set('Retry-After', String(wait));
+          return renderCode(ctx, uid, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
+        }
+        const form = codeForm.safeParse(ctx.request.body);
+        const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
+        await recordCode(accountId, factor !== undefined);
+        if (!factor) {
+          logger.info({ uid, accountId }, 'second step failed');
+          ctx.status = 401;
+          return renderCode(ctx, uid, params.client_id, 'That code is not valid. Enter the current code from your app, or an unused recovery code.');
+        }
+        await challenges.end(uid);
+        logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
+        // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
+        const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
+        await finish(ctx, interaction, { login: { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims) } });
+      });
+
+      router.post('/:uid/mfa-setup', async (ctx) => {
+        const { interaction, accountId } = await pendingStep(ctx, 'enrol');
+        const { uid, params } = interaction;
+        const wait = await waitBeforeCode(accountId);
+        if (wait) {
+          ctx.status = 429;
+          ctx.set('Retry-After', String(wait));
+          return renderSetup(ctx, uid, accountId, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
+        }
+        const form = codeForm.safeParse(ctx.request.body);
+        let codes: string[];
+        try {
+          codes = await mfa.confirmEnrolment(accountId, form.success ? form.data.code : '');
+        } catch (error) {
+          if (!(error instanceof MfaError) || error.code === 'account_not_found') throw error;
+          await recordCode(accountId, false);
+          ctx.status = 400;
+          return renderSetup(ctx, uid, accountId, params.client_id, 'That code did not match. Enter the current code from your app.');
+        }
+        await Promise.all([recordCode(accountId, true), challenges.end(uid)]);
+        // Sessions signed in with the password alone (perhaps someone else's) end now.
+        await store.collection('Session').deleteMany({ 'payload.accountId': accountId });
+        logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
+        interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims) } };
+        await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
+        // The codes are shown once, here; the link resumes the authorization request.
+        await ctx.render('recovery-codes', {
+          title: 'Your recovery codes', codes,
+          next: { href: interaction.returnTo, text: `Continue to ${await clientName(params.client_id) ?? 'the application'}` },
+        });
+      });
+    },
+  };
+}
