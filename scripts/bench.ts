@@ -127,7 +127,7 @@ async function abandon(error: unknown): Promise<never> {
 }
 
 // Seed through the same services the CLI uses.
-const password = 'benchmark password 1234';
+const password = 'cobalt lantern thistle 1234';
 const { service, webApp, docClient, mfaAccounts } = await (async () => {
   const seed = await openServices(loadConfig(env), createLogger('error', 2));
   try {

@@ -291,11 +291,15 @@ describe('two-step verification (TOTP)', () => {
     await server.services.accounts.setPassword(email, password);
   });
 
-  test('acr_values or a client setting that requires MFA refuses a password-only account', async () => {
+  test('acr_values is only a preference; an essential acr or a client that requires MFA refuses a password-only account', async () => {
     const plain = 'plain@example.com';
     await server.services.accounts.create({ email: plain, password, emailVerified: true });
+    // Core 3.1.2.1: acr_values states a preference, so the password alone still signs in (and says so).
     const byAcr = await signIn(plain, password, { params: { acr_values: ACR_MFA } });
-    expect(await pageText(byAcr.page)).toMatch(/two-step verification/i);
+    expect((await exchangeCode(byAcr.client, byAcr.request, callbackUrl(byAcr.page))).claims()).toMatchObject({ acr: ACR_PASSWORD });
+    const essential = JSON.stringify({ id_token: { acr: { essential: true, value: ACR_MFA } } });
+    const byClaim = await signIn(plain, password, { params: { claims: essential } });
+    expect(await pageText(byClaim.page)).toMatch(/two-step verification/i);
 
     const strict = await registerRelyingParty(server, { requireMfa: true });
     const byClient = await signIn(plain, password, { client: strict });

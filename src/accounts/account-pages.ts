@@ -20,22 +20,28 @@ import type { Mailer } from '../mail/mailer.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
-import { passwordHint, passwordProblems } from '../security/password-policy.ts';
+import { passwordHint } from '../security/password-policy.ts';
 import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
 import { tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
 import { MfaError, type MfaService } from './mfa.ts';
-import type { AccountService, AccountView } from './service.ts';
+import { MAX_LENGTH, PROFILE_FIELDS, type ProfileChanges } from './profile.ts';
+import { ProfileError, type AccountService, type AccountView } from './service.ts';
 import type { AccountTokens } from './tokens.ts';
 
 const NOTICES = {
-  'name-saved': 'Your name is saved.',
+  'profile-saved': 'Your profile is saved.',
   'mfa-on': 'Two-step verification is on.',
   'mfa-off': 'Two-step verification is off.',
   'app-removed': 'The app no longer has access to your account.',
 } as const;
 type Notice = keyof typeof NOTICES;
 
-const profileForm = z.strictObject({ _csrf: z.string(), name: z.string().max(100) });
+// A field left out of the post stays as it is; the page's form always sends them all.
+const profileForm = z.strictObject({
+  _csrf: z.string(),
+  ...Object.fromEntries(PROFILE_FIELDS.map((field) => [field, z.string().max(MAX_LENGTH[field] + 100).optional()])) as
+    Record<(typeof PROFILE_FIELDS)[number], z.ZodOptional<z.ZodString>>,
+});
 const passwordForm = z.strictObject({ _csrf: z.string(), current: z.string().max(1024), password: z.string().max(1024) });
 const codeForm = z.strictObject({ _csrf: z.string(), code: z.string().max(40) });
 const newCodesForm = z.strictObject({ _csrf: z.string(), password: z.string().max(1024), code: z.string().max(40) });
@@ -58,7 +64,7 @@ export interface AccountPagesDeps {
 
 export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger, tokens, rateLimits, lockout }: AccountPagesDeps): Router {
   const router = new Router({ prefix: '/account' });
-  const policy = { minLength: config.accounts.passwordMinLength };
+  const policy = accounts.passwordPolicy;
 
   router.use(async (ctx, next) => {
     ctx.set('Cache-Control', 'no-store');
@@ -90,23 +96,28 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
   async function connectedApps(accountId: string) {
     const grants = await store.collection('Grant').find({ 'payload.accountId': accountId }).toArray();
     const live = grants.filter((g) => !g.expiresAt || g.expiresAt.getTime() > Date.now()).map((g) => ({ id: g._id, payload: readPayload(g.payload) }));
-    const apps = [];
+    // One entry per app with the union of its scopes, also for grants from before consent was
+    // kept as one grant per app; "remove access" removes all of them (apps/revoke).
+    const apps = new Map<string, { grantId: string; name: string; scopes: Set<string> }>();
     for (const { id, payload } of live) {
       const clientId = String(payload.clientId);
       if (clientId === ACCOUNT_CONSOLE_CLIENT_ID) continue;
-      const client = await provider.Client.find(clientId);
       const resources = Object.values((payload.resources ?? {}) as Record<string, string>);
       const scopes = [String((payload.openid as { scope?: string } | undefined)?.scope ?? ''), ...resources]
         .join(' ').split(' ').filter((s) => s && s !== 'openid');
-      apps.push({ grantId: id, name: client?.clientName ?? clientId, scopes: [...new Set(scopes)] });
+      const app = apps.get(clientId)
+        ?? { grantId: id, name: (await provider.Client.find(clientId))?.clientName ?? clientId, scopes: new Set<string>() };
+      for (const scope of scopes) app.scopes.add(scope);
+      apps.set(clientId, app);
     }
-    return apps;
+    return [...apps.values()].map((app) => ({ ...app, scopes: [...app.scopes] }));
   }
 
-  async function renderAccount(ctx: Context, account: AccountView, errors: string[] = []): Promise<void> {
+  /** `profile`: what the profile form shows, the submitted values after a refusal. */
+  async function renderAccount(ctx: Context, account: AccountView, errors: string[] = [], profile: ProfileChanges = {}): Promise<void> {
     const notice = typeof ctx.query.notice === 'string' && Object.hasOwn(NOTICES, ctx.query.notice) ? NOTICES[ctx.query.notice as Notice] : '';
     await ctx.render('account', {
-      title: 'Your account', account, notice, errors, mfa: await mfa.status(account.id),
+      title: 'Your account', account, notice, errors, profile: { ...account, ...profile }, mfa: await mfa.status(account.id),
       apps: await connectedApps(account.id), hint: passwordHint(policy), minLength: policy.minLength,
     });
   }
@@ -161,9 +172,16 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     if (!account) return;
     const form = profileForm.safeParse(ctx.request.body);
     if (!form.success) throw new AppError('invalid_form', 'The form could not be read. Reload the page and try again.', 400);
-    await accounts.setName(account.id, form.data.name);
+    const { _csrf: _, ...changes } = form.data;
+    try {
+      await accounts.updateProfile(account.id, changes);
+    } catch (error) {
+      if (!(error instanceof ProfileError)) throw error;
+      ctx.status = 400;
+      return renderAccount(ctx, account, [...error.problems], changes);
+    }
     await record(ctx, 'account.profile.update', account.id);
-    done(ctx, 'name-saved');
+    done(ctx, 'profile-saved');
   });
 
   router.post('/password', async (ctx) => {
@@ -180,7 +198,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
       ctx.status = 400;
       return renderAccount(ctx, account, ['Your current password is not correct.']);
     }
-    const problems = passwordProblems(form.data.password, account.email, policy);
+    const problems = accounts.passwordProblems(form.data.password, { email: account.email, name: account.name });
     if (problems.length) {
       ctx.status = 400;
       return renderAccount(ctx, account, problems);
@@ -194,7 +212,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     await ctx.render('message', {
       title: 'Password changed', heading: 'Password changed',
       paragraphs: ['Your new password is set, and you have been signed out everywhere.'],
-      link: { href: '/account', text: 'Sign in again' },
+      links: [{ href: '/account', text: 'Sign in again' }],
     });
   });
 
@@ -284,7 +302,8 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     const grant = form.success ? await store.adapterFor('Grant').find(form.data.grant) : undefined;
     // Only the account's own grants: another id answers as if it did not exist.
     if (!grant || grant.accountId !== account.id) throw new AppError('not_found', 'That app is not connected to your account.', 404);
-    await store.revokeGrant(form.data!.grant);
+    const grants = await store.collection('Grant').find({ 'payload.accountId': account.id, 'payload.clientId': grant.clientId }).toArray();
+    await Promise.all(grants.map((g) => store.revokeGrant(g._id)));
     await record(ctx, 'account.app.revoke', account.id);
     done(ctx, 'app-removed');
   });
@@ -297,7 +316,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     await ctx.render('message', {
       title: 'Signed out everywhere', heading: 'Signed out everywhere',
       paragraphs: ['Every session of your account has ended, and apps need you to sign in again.'],
-      link: { href: '/account', text: 'Sign in again' },
+      links: [{ href: '/account', text: 'Sign in again' }],
     });
   });
 

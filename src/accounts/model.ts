@@ -1,5 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import { Schema, type Connection, type Model } from 'mongoose';
+import { MAX_LENGTH, PROFILE_FIELDS, type Profile } from './profile.ts';
 
 /**
  * TOTP (issue 4). The secrets are stored as they are, like the signing keys: whoever can read the
@@ -20,12 +21,12 @@ export interface PendingMfa {
   expiresAt: Date;
 }
 
-export interface AccountRecord {
+/** The profile claims (profile.ts) are stored under their claim names, validated, absent when unset. */
+export interface AccountRecord extends Profile {
   _id: string;
   /** Stored normalised (trimmed, lower-case); the unique index makes it case-insensitive. */
   email: string;
   passwordHash: string;
-  name?: string;
   emailVerified: boolean;
   roles: string[];
   disabled: boolean;
@@ -58,7 +59,7 @@ const accountSchema = new Schema<AccountRecord>(
     _id: { type: String, default: () => randomUUID() },
     email: { type: String, required: true, unique: true },
     passwordHash: { type: String, required: true },
-    name: { type: String, maxlength: 200 },
+    ...Object.fromEntries(PROFILE_FIELDS.map((field) => [field, { type: String, maxlength: MAX_LENGTH[field] }])),
     emailVerified: { type: Boolean, default: false },
     roles: { type: [String], default: [] },
     disabled: { type: Boolean, default: false },

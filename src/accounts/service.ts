@@ -1,7 +1,9 @@
 import type { Account, AccountClaims } from 'oidc-provider';
 import { AppError } from '../http/errors.ts';
+import { passwordProblems, type PasswordOwner, type PasswordPolicy } from '../security/password-policy.ts';
 import { accountModel, type AccountModel, type AccountRecord } from './model.ts';
 import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
+import { checkProfile, PROFILE_FIELDS, type Profile, type ProfileChanges, type ProfileField } from './profile.ts';
 import type { Connection } from 'mongoose';
 
 /**
@@ -28,23 +30,40 @@ export interface NewAccount {
   roles?: string[];
 }
 
-/** What callers outside this module see of an account: never the hash. */
-export interface AccountView {
+export interface PasswordOptions {
+  /**
+   * Skips the policy (strength, email in the password) but not the 8 to 128 character floor: for
+   * an administrator who knows why. The caller audits it.
+   */
+  allowWeakPassword?: boolean | undefined;
+}
+
+/** What callers outside this module see of an account: never the hash. Unset claims are null. */
+export type AccountView = {
   id: string;
   email: string;
-  name: string | null;
   email_verified: boolean;
   roles: string[];
   disabled: boolean;
   created_at: string;
   updated_at: string;
+} & Record<ProfileField, string | null>;
+
+/** A profile change that was refused; `problems` are sentences for the page, one per field. */
+export class ProfileError extends AppError {
+  readonly problems: readonly string[];
+
+  constructor(problems: readonly string[]) {
+    super('invalid_profile', problems.join(' '), 400);
+    this.problems = problems;
+  }
 }
 
 function view(record: AccountRecord): AccountView {
   return {
     id: record._id,
     email: record.email,
-    name: record.name ?? null,
+    ...Object.fromEntries(PROFILE_FIELDS.map((field) => [field, record[field] ?? null])) as Record<ProfileField, string | null>,
     email_verified: record.emailVerified,
     roles: record.roles,
     disabled: record.disabled,
@@ -60,6 +79,12 @@ function validRoles(roles: readonly string[]): string[] {
   return unique;
 }
 
+function validProfile(changes: ProfileChanges): ReturnType<typeof checkProfile> {
+  const checked = checkProfile(changes);
+  if (checked.problems.length) throw new ProfileError(checked.problems);
+  return checked;
+}
+
 function isDuplicateKey(error: unknown): boolean {
   return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === 11000;
 }
@@ -69,12 +94,15 @@ export class AccountService {
   private readonly hasher: PasswordHasher;
   private readonly endEverything: (accountId: string) => Promise<void>;
   private readonly verifiedListeners: ((account: AccountView) => Promise<void>)[] = [];
+  /** The rule for every new password, whoever sets it (pages, CLI). */
+  readonly passwordPolicy: PasswordPolicy;
 
   /** signOutEverywhere ends an account's sessions and revokes its grants and tokens. */
-  constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>) {
+  constructor(connection: Connection, hasher: PasswordHasher, signOutEverywhere: (accountId: string) => Promise<void>, policy: PasswordPolicy) {
     this.accounts = accountModel(connection);
     this.hasher = hasher;
     this.endEverything = signOutEverywhere;
+    this.passwordPolicy = policy;
   }
 
   /**
@@ -93,29 +121,37 @@ export class AccountService {
     await this.accounts.createIndexes();
   }
 
-  private validatePassword(password: string): void {
-    // Issue-level policy (length, common passwords) lives with registration; this is the floor.
+  /** What is wrong with a new password for this owner under the policy; empty when it is fine. */
+  passwordProblems(password: string, owner: PasswordOwner): string[] {
+    return passwordProblems(password, owner, this.passwordPolicy);
+  }
+
+  private validatePassword(password: string, owner: PasswordOwner, options: PasswordOptions): void {
     if (password.length < 8 || password.length > PASSWORD_MAX_LENGTH) {
       throw new AppError('invalid_password', `password must be 8 to ${PASSWORD_MAX_LENGTH} characters`);
     }
+    if (options.allowWeakPassword) return;
+    const problems = this.passwordProblems(password, owner);
+    if (problems.length) throw new AppError('weak_password', `password refused: ${problems.join(' ')}`);
   }
 
-  async create(input: NewAccount): Promise<AccountView> {
+  async create(input: NewAccount, options: PasswordOptions = {}): Promise<AccountView> {
     const email = normalizeEmail(input.email);
     if (!isValidEmail(email)) throw new AppError('invalid_email', 'email is not a valid address');
-    this.validatePassword(input.password);
+    const profile = validProfile({ name: input.name ?? '' }).set;
+    this.validatePassword(input.password, { email, name: profile.name }, options);
     const roles = validRoles(input.roles ?? []);
     const passwordHash = await this.hasher.hash(input.password);
-    return this.insert({ email, passwordHash, name: input.name, emailVerified: input.emailVerified ?? false, roles });
+    return this.insert({ email, passwordHash, profile, emailVerified: input.emailVerified ?? false, roles });
   }
 
-  private async insert(input: { email: string; passwordHash: string; name?: string | undefined; emailVerified: boolean; roles: string[] }): Promise<AccountView> {
+  private async insert(input: { email: string; passwordHash: string; profile: Profile; emailVerified: boolean; roles: string[] }): Promise<AccountView> {
     const { email, passwordHash, roles } = input;
     try {
       const record = await this.accounts.create({
         email,
         passwordHash,
-        name: input.name?.trim() || undefined,
+        ...input.profile,
         emailVerified: input.emailVerified,
         roles,
       });
@@ -142,11 +178,20 @@ export class AccountService {
 
   /** Second half: the link was followed, so the address is proven. email_taken if it has an account by now. */
   async createRegistered(input: { email: string; name: string; passwordHash: string }): Promise<AccountView> {
-    return this.insert({ ...input, emailVerified: true, roles: [] });
+    const { email, passwordHash } = input;
+    return this.insert({ email, passwordHash, profile: validProfile({ name: input.name }).set, emailVerified: true, roles: [] });
   }
 
-  async setName(id: string, name: string): Promise<AccountView> {
-    await this.accounts.updateOne({ _id: id }, { name: name.trim() || undefined });
+  /**
+   * Sets the given profile claims (an empty string clears one; absent ones stay). Throws a
+   * ProfileError listing every refused value, and then changes nothing.
+   */
+  async updateProfile(idOrEmail: string, changes: ProfileChanges): Promise<AccountView> {
+    const { id } = await this.require(idOrEmail);
+    const { set, clear } = validProfile(changes);
+    const unset = Object.fromEntries(clear.map((field) => [field, 1]));
+    // The schema's timestamps move updatedAt too, so the updated_at claim says when it last changed.
+    await this.accounts.updateOne({ _id: id }, { $set: set, ...(clear.length ? { $unset: unset } : {}) });
     return this.require(id);
   }
 
@@ -209,9 +254,9 @@ export class AccountService {
     return this.require(id);
   }
 
-  async setPassword(idOrEmail: string, password: string): Promise<AccountView> {
-    const { id } = await this.require(idOrEmail);
-    this.validatePassword(password);
+  async setPassword(idOrEmail: string, password: string, options: PasswordOptions = {}): Promise<AccountView> {
+    const { id, email, name } = await this.require(idOrEmail);
+    this.validatePassword(password, { email, name }, options);
     await this.accounts.updateOne({ _id: id }, { passwordHash: await this.hasher.hash(password) });
     // A password is reset because the old one may be known: end what it may have opened.
     await this.endEverything(id);
@@ -245,7 +290,7 @@ export class AccountService {
         sub: record._id,
         email: record.email,
         email_verified: record.emailVerified,
-        ...(record.name ? { name: record.name } : {}),
+        ...Object.fromEntries(PROFILE_FIELDS.flatMap((field) => (record[field] ? [[field, record[field]]] : []))),
         updated_at: Math.floor(record.updatedAt.getTime() / 1000),
         roles: record.roles,
       }),

@@ -25,6 +25,8 @@ interface TokenRecord {
   /** The address the link was sent to, which following it proves. */
   email: string;
   pending?: PendingRegistration;
+  /** The sign-in (oidc-provider interaction uid) the user left to follow the link, to return to it. */
+  interaction?: string;
   expiresAt: Date;
 }
 
@@ -35,12 +37,15 @@ interface SpentRecord {
 
 const hash = (token: string) => createHash('sha256').update(token).digest('base64url');
 const TOKEN_FORMAT = /^[A-Za-z0-9_-]{43}$/;
+/** The shape of an oidc-provider interaction uid (what the forms accept as `interaction`). */
+export const INTERACTION_UID = /^[A-Za-z0-9_-]{1,64}$/;
 
 export interface TokenSubject {
   kind: AccountTokenKind;
   accountId: string;
   email: string;
   pending?: PendingRegistration | undefined;
+  interaction?: string | undefined;
 }
 
 export class AccountTokens {
@@ -64,6 +69,7 @@ export class AccountTokens {
     await this.tokens.insertOne({
       _id: hash(token), kind, accountId: subject.accountId, email: subject.email,
       ...(subject.pending ? { pending: subject.pending } : {}),
+      ...(subject.interaction && INTERACTION_UID.test(subject.interaction) ? { interaction: subject.interaction } : {}),
       expiresAt: new Date(Date.now() + ttlSeconds * 1000),
     });
     return token;
@@ -75,7 +81,7 @@ export class AccountTokens {
     const id = hash(token);
     const [record, spent] = await Promise.all([this.tokens.findOne({ _id: id }), this.spent.findOne({ _id: id })]);
     if (!record || spent || ![kinds].flat().includes(record.kind) || record.expiresAt.getTime() <= Date.now()) return undefined;
-    return { kind: record.kind, accountId: record.accountId, email: record.email, pending: record.pending };
+    return { kind: record.kind, accountId: record.accountId, email: record.email, pending: record.pending, interaction: record.interaction };
   }
 
   /** Spends the token: its subject for the one caller that wins, undefined for everyone else. */
