@@ -3,7 +3,7 @@
  * then oidc-provider mounted last so it serves every protocol endpoint.
  */
 import path from 'node:path';
-import Koa, { type Context } from 'koa';
+import Koa from 'koa';
 import mount from 'koa-mount';
 import views from 'koa-views';
 import Router from '@koa/router';
@@ -12,6 +12,8 @@ import { interactionRoutes } from './interactions/routes.ts';
 import { accountPages } from './accounts/account-pages.ts';
 import { selfServiceRoutes } from './accounts/self-service.ts';
 import { isAppError } from './http/errors.ts';
+import { RouteTable } from './http/methods.ts';
+import { answerError, finalAnswers, homePage } from './http/pages.ts';
 import { securityHeaders } from './security/headers.ts';
 import { RateLimitedError, tokenRateLimit } from './security/rate-limit.ts';
 import { requestLog } from './observability/request-log.ts';
@@ -23,10 +25,6 @@ function genericMessage(status: number): string {
   if (status === 413) return 'The submitted form is too large.';
   if (status < 500) return 'The request could not be understood.';
   return 'Something went wrong on our side. Please try again.';
-}
-
-function wantsJson(ctx: Context): boolean {
-  return ctx.accepts('html', 'json') === 'json';
 }
 
 export function createApp(services: Services): Koa {
@@ -55,17 +53,17 @@ export function createApp(services: Services): Koa {
       const requestId = ctx.state.requestId as string;
       if (status >= 500) logger.error({ err: error, requestId, path: ctx.path }, 'request failed');
       else logger.info({ status, code: known ? error.code : undefined, requestId, path: ctx.path }, 'request refused');
-      ctx.status = status;
       if (error instanceof RateLimitedError) ctx.set('Retry-After', String(error.retryAfterSeconds));
-      if (wantsJson(ctx)) {
-        ctx.type = 'application/problem+json';
-        ctx.body = { type: 'about:blank', title: message, status };
-      } else {
-        await ctx.render('error', { title: 'Error', heading: status >= 500 ? 'Something went wrong' : 'We could not do that', message, code: null });
-        ctx.status = status;
-      }
+      await answerError(ctx, { status, message });
     }
   });
+  // The documents API answers everything under /api itself, in problem+json.
+  app.use(documentsApi({
+    documents: services.documents, verifier: services.tokenVerifier, audit: services.audit, config, logger,
+  }));
+  // Every route registered below is added to this table, which gives 405s their Allow header.
+  const routes = new RouteTable(provider);
+  app.use(finalAnswers(routes));
 
   const health = new Router();
   health.get('/healthz', async (ctx) => {
@@ -85,24 +83,25 @@ export function createApp(services: Services): Koa {
     };
   });
   app.use(health.routes());
-
-  app.use(documentsApi({
-    documents: services.documents, verifier: services.tokenVerifier, audit: services.audit, config, logger,
-  }));
+  const home = homePage(config.issuer);
+  app.use(home.routes());
+  routes.add(health).add(home);
 
   const interactions = interactionRoutes({
-    provider, accounts: services.accounts, logger, config,
+    provider, store: services.store, accounts: services.accounts, logger, config,
     rateLimits: services.rateLimits, lockout: services.lockout, mfa: services.mfa, challenges: services.mfaChallenges,
   });
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());
+  routes.add(interactions);
 
   const selfService = selfServiceRoutes({
-    config, accounts: services.accounts, tokens: services.accountTokens, mailer: services.mailer,
+    config, provider, accounts: services.accounts, tokens: services.accountTokens, mailer: services.mailer,
     rateLimits: services.rateLimits, lockout: services.lockout, audit: services.audit, logger,
   });
   app.use(selfService.routes());
   app.use(selfService.allowedMethods());
+  routes.add(selfService);
   const account = accountPages({
     config, provider, store: services.store, accounts: services.accounts, mfa: services.mfa,
     mailer: services.mailer, audit: services.audit, logger,
@@ -110,6 +109,7 @@ export function createApp(services: Services): Koa {
   });
   app.use(account.routes());
   app.use(account.allowedMethods());
+  routes.add(account);
 
   app.use(staticDocuments(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
   app.use(tokenRateLimit(services.rateLimits));

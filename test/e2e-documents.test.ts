@@ -544,31 +544,45 @@ describe('bad input is refused with 400/413/415 and changes nothing', () => {
     ['blank title', { title: '   ' }, '/title'],
     ['content over 1 MiB', { title: 'x', content: 'é'.repeat(512 * 1024 + 1) }, '/content'],
     ['too many tags', { title: 'x', tags: Array.from({ length: 21 }, (_, i) => `t${i}`) }, '/tags'],
+    ['control character in the title', { title: 'a\u001bb' }, '/title'],
+    ['control character in a tag', { title: 'x', tags: ['ok', 'a\nb'] }, '/tags/1'],
+    // JSON.stringify writes a lone surrogate as the escape "\ud800", which JSON.parse restores.
+    ['lone surrogate in the title', { title: 'a\ud800' }, '/title'],
+    ['lone surrogate in the content', { title: 'x', content: '\udfff' }, '/content'],
   ])('POST and PATCH: %s', async (_name, body, pointer) => {
     const before = await snapshot();
     const created = await api.request('POST', '/documents', { token: token(), json: body });
     expect(created.status).toBe(400);
     expect(problemOf(created).type).toBe('validation-error');
     expect(created.body.errors).toEqual(expect.arrayContaining([expect.objectContaining({ pointer })]));
+    expect(created.body.detail).toContain(pointer);
     const patched = await api.request('PATCH', `/documents/${doc.id}`, { token: token(), json: body });
     expect(patched.status).toBe(400);
     expect(await snapshot()).toEqual(before);
   });
 
   test.each([
-    ['limit=0'], ['limit=101'], ['limit=ten'], ['tag[$ne]=x'], ['tag=a&tag=b'], ['cursor=not-a-cursor'], ['sort=title'],
-  ])('list query %s', async (query) => {
+    ['limit=0', 'limit'], ['limit=101', 'limit'], ['limit=ten', 'limit'], ['tag[$ne]=x', 'tag[$ne]'], ['tag=a&tag=b', 'tag'],
+    ['cursor=not-a-cursor', 'cursor'], ['sort=title', 'sort'], ['q=%07', 'q'], ['q=%ED%A0%80', 'q'],
+  ])('list query %s', async (query, parameter) => {
     const response = await api.request('GET', `/documents?${query}`, { token: token() });
     expect(response.status).toBe(400);
     expect(problemOf(response).type).toBe('validation-error');
-    expect(response.body.errors[0]).toHaveProperty('parameter');
+    expect(response.body.errors).toEqual([expect.objectContaining({ parameter })]);
+    expect(response.body.detail).toContain(parameter);
   });
 
   test('malformed ids, bodies and media types', async () => {
     const before = await snapshot();
-    for (const id of ['not-an-id', '%7B%22%24gt%22%3A%22%22%7D', '..%2F..%2Fetc']) {
-      expect((await api.request('GET', `/documents/${id}`, { token: token() })).status).toBe(400);
+    for (const id of ['not-an-id', '%7B%22%24gt%22%3A%22%22%7D', '..%2F..%2Fetc', '6f1c1f7e-2a7b-4b8e-9d3c-1a2b3c4d5e6f']) {
+      const response = await api.request('GET', `/documents/${id}`, { token: token() });
+      expect([id, response.status, response.body.errors]).toEqual([id, 400, [expect.objectContaining({ parameter: 'id' })]]);
     }
+    const notUtf8 = await api.request('POST', '/documents', {
+      token: token(), body: Buffer.concat([Buffer.from('{"title":"'), Buffer.from([0xc3, 0x28]), Buffer.from('"}')]),
+      headers: { 'content-type': 'application/json' },
+    });
+    expect([notUtf8.status, notUtf8.body.errors]).toEqual([400, [expect.objectContaining({ pointer: '' })]]);
     for (const body of ['{"title": ', '{"title":"x","__proto__":{"admin":true}}', '"just a string"']) {
       const malformed = await api.request('POST', '/documents', { token: token(), body, headers: { 'content-type': 'application/json' } });
       expect([body, malformed.status]).toEqual([body, 400]);
@@ -589,6 +603,10 @@ describe('bad input is refused with 400/413/415 and changes nothing', () => {
     const wrongMethod = await fetch(`${api.base}/documents`, { method: 'PUT', headers: { authorization: `Bearer ${token()}` } });
     expect(wrongMethod.status).toBe(405);
     expect(wrongMethod.headers.get('content-type')).toMatch(/^application\/problem\+json/);
+    // RFC 9110 15.5.6: the methods the resource does support.
+    expect(wrongMethod.headers.get('allow')).toBe('GET, HEAD, POST, OPTIONS');
+    const onShare = await fetch(`${api.base}/documents/${doc.id}/shares/${users.bob.id}`, { method: 'GET', headers: { authorization: `Bearer ${token()}` } });
+    expect([onShare.status, onShare.headers.get('allow')]).toEqual([405, 'DELETE, OPTIONS']);
   });
 });
 

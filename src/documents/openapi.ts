@@ -5,11 +5,30 @@
  */
 import type { Config } from '../config.ts';
 import { PROBLEM_TITLES, problemType, type ProblemCode } from './problem.ts';
-import { LIMITS } from './schema.ts';
+import { LIMITS, PATTERNS } from './schema.ts';
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
 const dateTime = { type: 'string', format: 'date-time' };
-const uuid = { type: 'string', format: 'uuid' };
+const uuid = { type: 'string', format: 'uuid', pattern: PATTERNS.uuid };
+const documentIdSchema = { type: 'string', format: 'uuid', pattern: PATTERNS.uuidV7, description: 'A UUIDv7 (RFC 9562), lower-case' };
+
+// The text rules schema.ts enforces. Lengths count characters (code points), as maxLength does.
+const titleSchema = {
+  type: 'string', minLength: 1, maxLength: LIMITS.titleLength, pattern: PATTERNS.printableNotBlank,
+  description: 'No control characters, and not only white space',
+};
+const tagSchema = {
+  type: 'string', minLength: 1, maxLength: LIMITS.tagLength, pattern: PATTERNS.printable, description: 'No control characters',
+};
+const tagsSchema = { type: 'array', items: tagSchema, maxItems: LIMITS.tags, uniqueItems: true };
+const contentSchema = {
+  type: 'string', pattern: PATTERNS.wellFormed,
+  description: `Any text, line breaks and other control characters included; at most ${LIMITS.contentBytes} bytes of UTF-8`,
+};
+const emailSchema = {
+  type: 'string', maxLength: 254, pattern: PATTERNS.email,
+  description: 'A plain address as sent (no surrounding spaces, display names, comments or lists); at most 64 characters before the @',
+};
 
 /** Problem responses by status, with the problem types each may carry. */
 const PROBLEM_RESPONSES: Record<number, { description: string; codes: ProblemCode[] }> = {
@@ -39,9 +58,9 @@ const headers = {
 
 const SUMMARY_REQUIRED = ['id', 'title', 'tags', 'owner', 'access', 'file', 'version', 'createdAt', 'updatedAt'];
 const summaryProperties = {
-  id: uuid,
-  title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
-  tags: { type: 'array', items: { type: 'string' }, maxItems: LIMITS.tags },
+  id: documentIdSchema,
+  title: titleSchema,
+  tags: tagsSchema,
   owner: ref('Owner'),
   access: { enum: ['owner', 'admin', 'editor', 'viewer'], description: "The caller's relation to the document" },
   file: { oneOf: [ref('FileInfo'), { type: 'null' }] },
@@ -71,7 +90,8 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
       version: '1.0.0',
       description: 'A resource server that accepts only JWT access tokens (RFC 9068) issued by this provider for the '
         + `audience ${config.documents.audience}. Errors are application/problem+json (RFC 9457). A document the caller `
-        + 'may not see answers 404, never 403.',
+        + 'may not see answers 404, never 403. Request bodies are UTF-8 JSON objects; text that is not valid UTF-8, '
+        + 'or JSON strings with lone surrogate escapes ("\\ud800"), are refused with 400, never stored altered.',
     },
     jsonSchemaDialect: 'https://spec.openapis.org/oas/3.1/dialect/base',
     servers: [{ url: `${issuer}/api/v1` }],
@@ -83,10 +103,10 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           summary: 'Documents the caller owns or that are shared with them (all documents with documents:admin), newest first',
           security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
           parameters: [
-            { name: 'limit', in: 'query', schema: { type: 'integer', minimum: LIMITS.pageSize.min, maximum: LIMITS.pageSize.max, default: LIMITS.pageSize.default } },
-            { name: 'cursor', in: 'query', description: 'nextCursor from the previous page', schema: { type: 'string', maxLength: 64 } },
-            { name: 'tag', in: 'query', description: 'Only documents with this tag', schema: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength } },
-            { name: 'q', in: 'query', description: 'Case-insensitive text the title contains', schema: { type: 'string', minLength: 1, maxLength: LIMITS.queryLength } },
+            { name: 'limit', in: 'query', description: 'Digits only', schema: { type: 'integer', minimum: LIMITS.pageSize.min, maximum: LIMITS.pageSize.max, default: LIMITS.pageSize.default } },
+            { name: 'cursor', in: 'query', description: 'nextCursor from the previous page (opaque)', schema: { type: 'string', maxLength: 64 } },
+            { name: 'tag', in: 'query', description: 'Only documents with this tag', schema: tagSchema },
+            { name: 'q', in: 'query', description: 'Case-insensitive text the title contains', schema: { ...tagSchema, maxLength: LIMITS.queryLength } },
           ],
           responses: {
             200: { description: 'One page', content: json(ref('DocumentList')) },
@@ -143,7 +163,10 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
           parameters: [
             { $ref: '#/components/parameters/IfMatch' },
-            { name: 'filename', in: 'query', description: 'Name offered when the file is downloaded', schema: { type: 'string', minLength: 1, maxLength: LIMITS.filenameLength } },
+            {
+              name: 'filename', in: 'query', description: 'Name offered when the file is downloaded: no control characters, quotes or slashes',
+              schema: { type: 'string', minLength: 1, maxLength: LIMITS.filenameLength, pattern: PATTERNS.filename },
+            },
           ],
           requestBody: {
             required: true,
@@ -217,7 +240,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         },
       },
       parameters: {
-        DocumentId: { name: 'id', in: 'path', required: true, schema: { type: 'string', format: 'uuid' } },
+        DocumentId: { name: 'id', in: 'path', required: true, schema: documentIdSchema },
         IfMatch: { name: 'If-Match', in: 'header', description: 'Apply only if the document still has this ETag', schema: { type: 'string' } },
       },
       responses: Object.fromEntries(Object.entries(PROBLEM_RESPONSES).map(([status, { description, codes }]) => [
@@ -226,7 +249,9 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           description,
           headers: status === '401' || status === '403'
             ? { 'WWW-Authenticate': { description: 'RFC 6750 challenge (for token and scope problems)', schema: { type: 'string' } } }
-            : undefined,
+            : status === '405'
+              ? { Allow: { description: 'The methods this path supports (RFC 9110 15.5.6)', required: true, schema: { type: 'string' } } }
+              : undefined,
           content: {
             'application/problem+json': {
               schema: {
@@ -272,19 +297,11 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         },
         DocumentCreate: {
           type: 'object', additionalProperties: false, required: ['title'],
-          properties: {
-            title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
-            content: { type: 'string', description: `At most ${LIMITS.contentBytes} bytes of UTF-8` },
-            tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength }, maxItems: LIMITS.tags, uniqueItems: true },
-          },
+          properties: { title: titleSchema, content: contentSchema, tags: tagsSchema },
         },
         DocumentPatch: {
           type: 'object', additionalProperties: false, minProperties: 1,
-          properties: {
-            title: { type: 'string', minLength: 1, maxLength: LIMITS.titleLength },
-            content: { type: 'string', description: `At most ${LIMITS.contentBytes} bytes of UTF-8` },
-            tags: { type: 'array', items: { type: 'string', minLength: 1, maxLength: LIMITS.tagLength }, maxItems: LIMITS.tags, uniqueItems: true },
-          },
+          properties: { title: titleSchema, content: contentSchema, tags: tagsSchema },
         },
         Share: {
           type: 'object', additionalProperties: false, required: ['userId', 'email', 'role', 'createdAt'],
@@ -296,7 +313,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         },
         ShareCreate: {
           type: 'object', additionalProperties: false, required: ['email', 'role'],
-          properties: { email: { type: 'string', format: 'email', maxLength: 254 }, role: { enum: ['viewer', 'editor'] } },
+          properties: { email: emailSchema, role: { enum: ['viewer', 'editor'] } },
         },
         Problem: {
           type: 'object', required: ['type', 'title', 'status', 'detail'],
@@ -308,10 +325,12 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
             detail: { type: 'string' },
             errors: {
               type: 'array',
-              description: 'For validation errors: each offending body field (JSON pointer) or query parameter',
+              description: 'For 400s: each offending input, as a JSON pointer into the body ("" for the body as a whole) '
+                + 'or the name of the query or path parameter; detail names them too',
               items: {
                 type: 'object', additionalProperties: false, required: ['detail'],
-                properties: { detail: { type: 'string' }, pointer: { type: 'string' }, parameter: { type: 'string' } },
+                oneOf: [{ required: ['pointer'] }, { required: ['parameter'] }],
+                properties: { detail: { type: 'string' }, pointer: { type: 'string' }, parameter: { type: 'string', minLength: 1 } },
               },
             },
           },

@@ -4,18 +4,19 @@
  * including unknown paths and methods, and every refused access is written to the audit log.
  */
 import Router, { type RouterContext } from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
 import compose from 'koa-compose';
 import type { Context, Middleware } from 'koa';
 import type { AuditLog } from '../audit/log.ts';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
+import { ROUTED_METHODS, RouteTable, UNKNOWN_PATH_ALLOW } from '../http/methods.ts';
 import { cors } from '../security/cors.ts';
+import { jsonBody } from './json-body.ts';
 import { buildOpenApi } from './openapi.ts';
 import { ApiProblem } from './problem.ts';
 import { etagOf, presentDocument, presentShare, presentSummary } from './presenter.ts';
 import {
-  createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, shareBody, userId, validate,
+  createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, queryOf, shareBody, userId, validate,
 } from './schema.ts';
 import { ifNoneMatchSatisfied, tooLarge, type DocumentService, type Visible } from './service.ts';
 import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
@@ -93,7 +94,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
         const http = error as { status?: number; expose?: boolean };
         if (http.expose && http.status === 413) problem = new ApiProblem('payload-too-large', 413, 'The request body is too large.');
         else if (http.expose && http.status === 415) problem = new ApiProblem('unsupported-media-type', 415, 'Send the request body as application/json.');
-        // co-body reports unparseable JSON (and "__proto__" keys, which it refuses) as a SyntaxError.
+        // Any other client error a parser raised (json-body.ts answers bad JSON itself).
         else if (error instanceof SyntaxError || (http.status && http.status < 500)) problem = new ApiProblem('bad-request', 400, 'The request body is not valid JSON.');
         else {
           logger.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'documents API request failed');
@@ -121,11 +122,11 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
   v1.use(bearer(verifier));
   // For JSON routes only (file uploads are streamed). 2 MB leaves room for 1 MiB of content with
   // JSON escaping; anything larger is refused before it is parsed.
-  const json = bodyParser({ enableTypes: ['json'], jsonLimit: '2mb', encoding: 'utf-8' });
+  const json = jsonBody('2mb');
 
   v1.post('document.create', '/documents', json, async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    validate(noQuery, ctx.query, 'query');
+    validate(noQuery, queryOf(ctx), 'query');
     requireJson(ctx);
     const input = validate(createBody, ctx.request.body, 'body');
     const created = await documents.create(caller(ctx), input);
@@ -136,7 +137,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.get('document.list', '/documents', async (ctx) => {
     requireScope(caller(ctx), READ);
-    const query = validate(listQuery, ctx.query, 'query');
+    const query = validate(listQuery, queryOf(ctx), 'query');
     const { items, next } = await documents.list(caller(ctx), {
       limit: query.limit ?? LIMITS.pageSize.default, after: query.cursor, tag: query.tag, q: query.q,
     });
@@ -149,8 +150,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.get('document.read', '/documents/:id', async (ctx) => {
     requireScope(caller(ctx), READ);
-    validate(noQuery, ctx.query, 'query');
-    const { doc, access } = await documents.get(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    validate(noQuery, queryOf(ctx), 'query');
+    const { doc, access } = await documents.get(caller(ctx), validate(documentId, ctx.params.id, 'path', 'id'));
     const etag = etagOf(doc);
     ctx.set('ETag', etag);
     ctx.set('Cache-Control', 'private, no-cache');
@@ -165,8 +166,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.patch('document.update', '/documents/:id', json, async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    validate(noQuery, ctx.query, 'query');
-    const id = validate(documentId, ctx.params.id, 'path');
+    validate(noQuery, queryOf(ctx), 'query');
+    const id = validate(documentId, ctx.params.id, 'path', 'id');
     requireJson(ctx);
     const patch = validate(patchBody, ctx.request.body, 'body');
     await changed(ctx, 'document.update', await documents.update(caller(ctx), id, patch, ifMatch(ctx)));
@@ -174,8 +175,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.delete('document.delete', '/documents/:id', async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    validate(noQuery, ctx.query, 'query');
-    const id = validate(documentId, ctx.params.id, 'path');
+    validate(noQuery, queryOf(ctx), 'query');
+    const id = validate(documentId, ctx.params.id, 'path', 'id');
     await documents.delete(caller(ctx), id, ifMatch(ctx));
     await record(ctx, 'document.delete', id, 'success');
     ctx.status = 204;
@@ -183,8 +184,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.put('document.file.upload', '/documents/:id/file', async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    const { filename } = validate(fileQuery, ctx.query, 'query');
-    const id = validate(documentId, ctx.params.id, 'path');
+    const { filename } = validate(fileQuery, queryOf(ctx), 'query');
+    const id = validate(documentId, ctx.params.id, 'path', 'id');
     const contentType = fileContentType(ctx.get('content-type') || undefined, config.documents.fileTypes);
     const encoding = ctx.get('content-encoding');
     if (encoding && encoding.toLowerCase() !== 'identity') {
@@ -198,8 +199,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.get('document.file.download', '/documents/:id/file', async (ctx) => {
     requireScope(caller(ctx), READ);
-    validate(noQuery, ctx.query, 'query');
-    const { file, stream } = await documents.openFile(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    validate(noQuery, queryOf(ctx), 'query');
+    const { file, stream } = await documents.openFile(caller(ctx), validate(documentId, ctx.params.id, 'path', 'id'));
     ctx.set({
       'Content-Disposition': attachment(file.filename),
       'X-Content-Type-Options': 'nosniff',
@@ -213,16 +214,16 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.get('document.share.list', '/documents/:id/shares', async (ctx) => {
     requireScope(caller(ctx), READ);
-    validate(noQuery, ctx.query, 'query');
-    const shares = await documents.listShares(caller(ctx), validate(documentId, ctx.params.id, 'path'));
+    validate(noQuery, queryOf(ctx), 'query');
+    const shares = await documents.listShares(caller(ctx), validate(documentId, ctx.params.id, 'path', 'id'));
     ctx.set('Cache-Control', 'private, no-cache');
     ctx.body = { items: shares.map(presentShare) };
   });
 
   v1.post('document.share.add', '/documents/:id/shares', json, async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    validate(noQuery, ctx.query, 'query');
-    const id = validate(documentId, ctx.params.id, 'path');
+    validate(noQuery, queryOf(ctx), 'query');
+    const id = validate(documentId, ctx.params.id, 'path', 'id');
     requireJson(ctx);
     const { email, role } = validate(shareBody, ctx.request.body, 'body');
     const { share, created } = await documents.addShare(caller(ctx), id, email, role);
@@ -235,9 +236,9 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
 
   v1.delete('document.share.remove', '/documents/:id/shares/:userId', async (ctx) => {
     requireScope(caller(ctx), WRITE);
-    validate(noQuery, ctx.query, 'query');
-    const id = validate(documentId, ctx.params.id, 'path');
-    await documents.removeShare(caller(ctx), id, validate(userId, ctx.params.userId, 'path'));
+    validate(noQuery, queryOf(ctx), 'query');
+    const id = validate(documentId, ctx.params.id, 'path', 'id');
+    await documents.removeShare(caller(ctx), id, validate(userId, ctx.params.userId, 'path', 'userId'));
     await record(ctx, 'document.share.remove', id, 'success');
     ctx.status = 204;
   });
@@ -249,13 +250,33 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     ctx.body = openapi;
   });
 
-  const methods = ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'];
+  const table = new RouteTable().add(meta).add(v1);
+  /**
+   * 405 with the path's methods in Allow (RFC 9110 15.5.6), for a method a path lacks and for
+   * methods no route has (TRACE, PROPFIND, ...), which never reach a handler; a plain OPTIONS
+   * (not a CORS preflight) is answered with Allow.
+   */
+  const methodsOf: Middleware = async (ctx, next) => {
+    const routed = (ROUTED_METHODS as readonly string[]).includes(ctx.method);
+    if (routed) await next();
+    if (routed && (ctx.status !== 404 || ctx.body != null)) return;
+    const allowed = table.allowed(ctx.path);
+    if (routed && (allowed.length === 0 || (ctx.method !== 'OPTIONS' && allowed.includes(ctx.method)))) return;
+    const allow = allowed.join(', ') || UNKNOWN_PATH_ALLOW;
+    if (ctx.method === 'OPTIONS') {
+      ctx.set('Allow', allow);
+      ctx.status = 204;
+      return;
+    }
+    throw new ApiProblem('method-not-allowed', 405, `${ctx.method} is not allowed here. Allowed: ${allow}.`, { headers: { Allow: allow } });
+  };
+
   const api = compose<Context>([
     cors({
       origins: config.documents.corsOrigins,
-      methods,
+      methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
       allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match'],
-      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest'],
+      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest', 'Allow'],
       maxAgeSeconds: 600,
     }),
     async (ctx, next) => {
@@ -263,13 +284,9 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       await next();
     },
     problems,
+    methodsOf,
     meta.routes(),
     v1.routes(),
-    v1.allowedMethods({
-      throw: true,
-      methodNotAllowed: () => new ApiProblem('method-not-allowed', 405, 'This method is not allowed on this resource.'),
-      notImplemented: () => new ApiProblem('method-not-allowed', 405, 'This method is not supported.'),
-    }),
   ] as Middleware[]);
   // RFC 9728 protected resource metadata, served where clients look for it: the resource
   // identifier's path appended to /.well-known/oauth-protected-resource on the same host.
@@ -288,7 +305,14 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
   // Nothing under /api falls through to the provider: what the API does not serve is a 404 here.
   return async (ctx, next) => {
     if (ctx.path === '/api' || ctx.path.startsWith('/api/')) return api(ctx);
-    if (ctx.path === metadataPath && (ctx.method === 'GET' || ctx.method === 'HEAD')) {
+    if (ctx.path === metadataPath) {
+      if (ctx.method !== 'GET' && ctx.method !== 'HEAD') {
+        ctx.set('Allow', 'GET, HEAD');
+        ctx.status = 405;
+        ctx.type = 'application/problem+json';
+        ctx.body = new ApiProblem('method-not-allowed', 405, `${ctx.method} is not allowed here. Allowed: GET, HEAD.`).body();
+        return undefined;
+      }
       ctx.set({ 'Cache-Control': 'public, max-age=300', 'Access-Control-Allow-Origin': '*' });
       ctx.type = 'application/json';
       ctx.body = metadata;

@@ -269,7 +269,7 @@ export class DocumentService {
     let result: { share: ShareRecord; created: boolean } | undefined;
     await this.change(caller, id, 'share', undefined, (doc) => {
       if (account && doc.owner.type === 'user' && doc.owner.id === account.id) {
-        throw new ApiProblem('validation-error', 400, 'The owner of a document cannot be added to its shares.', {
+        throw new ApiProblem('validation-error', 400, 'The request body is not valid: /email is the owner of this document, who cannot be added to its shares.', {
           errors: [{ detail: 'is the owner of this document', pointer: '/email' }],
         });
       }
