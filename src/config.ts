@@ -83,6 +83,9 @@ export interface Limit {
   readonly seconds: number;
 }
 
+/** The longest TTL_ACCESS_TOKEN and TTL_CLIENT_CREDENTIALS accepted. */
+export const MAX_ACCESS_TOKEN_SECONDS = 24 * 60 * 60;
+
 export const RATE_LIMIT_NAMES = [
   'signinAttemptsPerIp', 'signinPerIp', 'signinPerAccount', 'mfaPerAccount', 'registerPerIp', 'registerPerEmail',
   'resetPerIp', 'resetPerEmail', 'verifyPerIp', 'verifyPerEmail', 'tokenPerClient',
@@ -321,9 +324,9 @@ export function loadConfig(env: Env): Config {
     revocationRefreshSeconds: r.int('REVOCATION_REFRESH_SECONDS', 5, 1, 300),
     auditRetentionDays: r.int('AUDIT_RETENTION_DAYS', 365, 1, 36_500),
     ttl: {
-      accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, day),
+      accessToken: r.int('TTL_ACCESS_TOKEN', 60 * 60, 60, MAX_ACCESS_TOKEN_SECONDS),
       authorizationCode: r.int('TTL_AUTHORIZATION_CODE', 60, 10, 60),
-      clientCredentials: r.int('TTL_CLIENT_CREDENTIALS', 10 * 60, 60, day),
+      clientCredentials: r.int('TTL_CLIENT_CREDENTIALS', 10 * 60, 60, MAX_ACCESS_TOKEN_SECONDS),
       idToken: r.int('TTL_ID_TOKEN', 60 * 60, 60, day),
       refreshToken: r.int('TTL_REFRESH_TOKEN', 14 * day, 60 * 60, 365 * day),
       session: r.int('TTL_SESSION', 14 * day, 5 * 60, 365 * day),

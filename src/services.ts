@@ -4,8 +4,9 @@
  *   the indexes, which keep data consistent whoever writes first), Redis when configured, the
  *   repositories and services. It starts nothing and writes no data: no timers, no built-in
  *   clients, no generated keys. Its Provider only reads and validates (client metadata).
- * - startServing: what only a serving process does on top: the signing keys of a fresh
- *   development database, the built-in account-console client, sweepers and polling timers.
+ * - startServices: what only a serving process does on top: the signing keys of a fresh
+ *   development database, the built-in account-console client, the audit retention index (its
+ *   lifetime is the server's AUDIT_RETENTION_DAYS), sweepers and polling timers.
  * Indexes are created here, once per start, never in constructors or per request.
  */
 import { randomBytes } from 'node:crypto';
@@ -16,7 +17,7 @@ import { ArtifactStore } from '../adapters/mongodb.ts';
 import { PasswordHasher } from './accounts/password.ts';
 import { MfaService } from './accounts/mfa.ts';
 import { AccountService } from './accounts/service.ts';
-import type { Config } from './config.ts';
+import { MAX_ACCESS_TOKEN_SECONDS, type Config } from './config.ts';
 import { AuditLog } from './audit/log.ts';
 import { DocumentService } from './documents/service.ts';
 import { AccessTokenVerifier } from './documents/token.ts';
@@ -126,8 +127,9 @@ export async function openServices(config: Config, logger: Logger, options: Open
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
 
-    // Records must outlive every JWT they revoke, whichever grant issued it.
-    const revocations = new TokenRevocations(connection, Math.max(config.ttl.accessToken, config.ttl.clientCredentials), logger);
+    // Records must outlive every JWT they revoke, whichever grant issued it, and may be written by a
+    // CLI process whose TTL_* differ from the server's: keep them for the longest lifetime allowed.
+    const revocations = new TokenRevocations(connection, MAX_ACCESS_TOKEN_SECONDS, logger);
     await revocations.ensureIndexes();
     const accounts = new AccountService(connection, new PasswordHasher(config.argon2), async (id) => {
       await Promise.all([store.revokeAccount(id), revocations.revoke('account', id)]);
@@ -140,7 +142,6 @@ export async function openServices(config: Config, logger: Logger, options: Open
     const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
     await mfa.ensureIndexes();
     const audit = new AuditLog(connection, logger);
-    await audit.ensureIndexes(config.auditRetentionDays);
     const documents = new DocumentService(connection, accounts, logger);
     await documents.ensureIndexes();
     // Shares waiting for an address go to an account only once it has proven that address.
@@ -196,6 +197,7 @@ export async function startServices(config: Config, logger: Logger): Promise<{ s
   try {
     if (!config.cookieKeys) logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
     await ensureAccountConsole(services);
+    await audit.ensureIndexes(config.auditRetentionDays);
     stops.push(store.startSweeper(config.sweepIntervalSeconds, (error) =>
       logger.error({ err: error }, 'sweeping expired artifacts failed')));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');

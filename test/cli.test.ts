@@ -349,6 +349,8 @@ describe('audit', () => {
     const base = { actor: { sub: null, clientId: 'c1' }, target: null, ip: '127.0.0.1', requestId: null } as const;
     await services.audit.record({ ...base, action: 'document.create', outcome: 'success', actor: { sub: 'alice', clientId: 'c1' } });
     await services.audit.record({ ...base, action: 'document.read', outcome: 'denied', reason: 'not-found', actor: { sub: 'mallory', clientId: 'c2' } });
+    // Apart by a few milliseconds on both sides: --since includes an event at the cutoff itself.
+    await new Promise((resolve) => setTimeout(resolve, 5));
     const cutoff = new Date();
     await new Promise((resolve) => setTimeout(resolve, 5));
     await services.audit.record({ ...base, action: 'document.delete', outcome: 'success', actor: { sub: 'alice', clientId: 'c1' } });

@@ -2,7 +2,7 @@
  * The account pages (/account): profile, password, two-step verification, connected apps and
  * "sign out everywhere" for the signed-in user. They read oidc-provider's own session cookie; with
  * no session they sign in through the provider like any app, as the first-party client
- * ACCOUNT_CONSOLE_CLIENT_ID (no consent screen, see loadExistingGrant in src/oidc/provider.ts), so
+ * ACCOUNT_CONSOLE_CLIENT_ID (first-party, so no consent screen: see src/interactions/routes.ts), so
  * the sign-in (with its rate limits, lockout and second step) is the same one apps get.
  * Every form has a CSRF token; every change is audit-logged.
  */

@@ -37,8 +37,8 @@ export const PATTERNS = {
   email: "^(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]{2,63}$",
 } as const;
 
-/** String.prototype.isWellFormed (ES2024, past this project's lib): no lone surrogates. */
-export const isWellFormed = (text: string): boolean => !/\p{Cs}/u.test(text);
+/** No lone surrogates (String.prototype.isWellFormed). */
+export const isWellFormed = (text: string): boolean => text.isWellFormed();
 
 const re = (pattern: string) => new RegExp(pattern, 'u');
 const PRINTABLE = re(PATTERNS.printable);

@@ -83,6 +83,11 @@ export function refuseConnect(_request: IncomingMessage, socket: Duplex): void {
  */
 export function refuseUnparsable(error: Error & { code?: string }, socket: Duplex): void {
   if (error.code === 'ECONNRESET') return;
+  // As Node's default: once a response has begun on this connection, only close it.
+  if ((socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent) {
+    socket.destroy(error);
+    return;
+  }
   const text = { 'Content-Type': 'text/plain; charset=utf-8' };
   if (error.code === 'HPE_INVALID_METHOD') writeRaw(socket, '501 Not Implemented', text, 'This method is not supported.\n');
   else if (error.code === 'HPE_HEADER_OVERFLOW') writeRaw(socket, '431 Request Header Fields Too Large', {});

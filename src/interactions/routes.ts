@@ -20,7 +20,7 @@ import { ACR_PASSWORD, acrDemand, reportedAcr } from '../oidc/acr.ts';
 import { clientPolicy } from '../oidc/client-metadata.ts';
 import { isDocumentsScope, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
-import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
+import type { Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
@@ -106,29 +106,25 @@ export function interactionRoutes(deps: InteractionDeps): Router {
 
   /**
    * Why this sign-in must wait, if it must: too many attempts of any outcome from the address (a
-   * flood), too many failures from the address or for the email, or the email's lockout. Only
-   * failures are counted against the last three (signInFailed), so people who sign in correctly
-   * are never refused, however many share an address. Keyed by the submitted email whether or not
-   * it has an account, so a refusal says nothing about which emails exist.
+   * flood), too many failures from the address or for the email, or the email's lockout. Every
+   * attempt is counted before it is judged and refunded once it succeeds (signInSucceeded), so
+   * people who sign in correctly are never refused, however many share an address, while parallel
+   * guesses cannot slip under the limit. Keyed by the submitted email whether or not it has an
+   * account, so a refusal says nothing about which emails exist.
    */
   async function signInRefusal(ip: string, email: string | undefined): Promise<RateLimitedError | undefined> {
     const waits = await Promise.all([
       waitFor(rateLimits.consume('signinAttemptsPerIp', ip)),
-      waitFor(rateLimits.check('signinPerIp', ip)),
-      ...(email === undefined ? [] : [waitFor(rateLimits.check('signinPerAccount', email)), lockout.lockedFor(email)]),
+      waitFor(rateLimits.consume('signinPerIp', ip)),
+      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email)), lockout.lockedFor(email)]),
     ]);
     const wait = Math.max(...waits);
     return wait > 0 ? new RateLimitedError(wait) : undefined;
   }
 
-  /** Counts a failed sign-in; returns the lock it started on the email, in seconds (0: none). */
-  async function signInFailed(ip: string, email: string | undefined): Promise<number> {
-    const [lockSeconds] = await Promise.all([
-      email === undefined ? 0 : lockout.recordFailure(email),
-      waitFor(rateLimits.consume('signinPerIp', ip)),
-      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email))]),
-    ]);
-    return lockSeconds;
+  /** A correct password: the failure counts it was charged to are given back, the lockout cleared. */
+  async function signInSucceeded(ip: string, email: string): Promise<void> {
+    await Promise.all([rateLimits.refund('signinPerIp', ip), rateLimits.refund('signinPerAccount', email), lockout.recordSuccess(email)]);
   }
 
   /** Records consent for what the prompt is missing, on the account's one grant for this client. */
@@ -209,12 +205,12 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     if (!accountId || email === undefined) {
       // Counted for unknown emails too: a lock then says nothing about the account, and both
       // answers take the same work (and time).
-      const lockSeconds = await signInFailed(ctx.ip, email);
+      const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
       logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form', lockSeconds }, 'sign-in failed');
       ctx.status = 401;
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
     }
-    await lockout.recordSuccess(email);
+    await signInSucceeded(ctx.ip, email);
 
     if (config.accounts.requireVerifiedEmail && !(await accounts.get(accountId))?.email_verified) {
       // Only after the right password, so it tells nothing to someone who does not have it.

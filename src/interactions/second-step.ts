@@ -56,25 +56,25 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
 
   /**
    * Wrong codes lock the second step like wrong passwords lock the first, with growing waits, so
-   * the 10^6 codes cannot be worked through slowly either. Only failures count.
+   * the 10^6 codes cannot be worked through slowly either. Each code is counted before it is
+   * checked (parallel guesses cannot slip under the limit) and refunded when it is right, so only
+   * failures add up.
    */
   async function waitBeforeCode(accountId: string): Promise<number> {
     const locked = await lockout.lockedFor(`mfa:${accountId}`);
     if (locked) return locked;
-    return rateLimits.check('mfaPerAccount', accountId).then(() => 0, (error: unknown) => {
+    return rateLimits.consume('mfaPerAccount', accountId).then(() => 0, (error: unknown) => {
       if (error instanceof RateLimitedError) return error.retryAfterSeconds;
       throw error;
     });
   }
 
   async function recordCode(accountId: string, right: boolean): Promise<void> {
-    if (right) return lockout.recordSuccess(`mfa:${accountId}`);
-    await Promise.all([
-      lockout.recordFailure(`mfa:${accountId}`),
-      rateLimits.consume('mfaPerAccount', accountId).catch((error: unknown) => {
-        if (!(error instanceof RateLimitedError)) throw error;
-      }),
-    ]);
+    if (!right) {
+      await lockout.recordFailure(`mfa:${accountId}`);
+      return;
+    }
+    await Promise.all([lockout.recordSuccess(`mfa:${accountId}`), rateLimits.refund('mfaPerAccount', accountId)]);
   }
 
   /** Loads the interaction a second-step form belongs to, and the challenge it waits on. */
@@ -147,8 +147,9 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
           return renderSetup(ctx, uid, accountId, params.client_id, 'That code did not match. Enter the current code from your app.');
         }
         await Promise.all([recordCode(accountId, true), challenges.end(uid)]);
-        // Sessions signed in with the password alone (perhaps someone else's) end now.
-        await store.collection('Session').deleteMany({ 'payload.accountId': accountId });
+        // Other sessions signed in with the password alone (perhaps someone else's) end now; this
+        // browser's stays, since the sign-in resumes with it.
+        await store.collection('Session').deleteMany({ 'payload.accountId': accountId, _id: { $ne: interaction.session?.cookie ?? '' } });
         logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
         interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims) } };
         await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));

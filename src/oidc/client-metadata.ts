@@ -41,18 +41,19 @@ export const extraClientMetadata: NonNullable<Configuration['extraClientMetadata
 
 export interface ClientPolicy {
   requireMfa: boolean;
-  pkceRequired: boolean;
   firstParty: boolean;
   idTokenClaims: 'full' | 'minimal';
   introspectFor: readonly string[];
 }
 
-/** The policy a client is registered with, defaults filled in (PKCE required, full ID tokens). */
+/**
+ * The policy a client is registered with, defaults filled in. PKCE is decided in provider.ts,
+ * where the deployment's default for confidential clients is known.
+ */
 export function clientPolicy(client: Client | undefined): ClientPolicy {
-  const metadata = (client ?? {}) as ClientPolicyMetadata & { clientAuthMethod?: string };
+  const metadata = (client ?? {}) as ClientPolicyMetadata;
   return {
     requireMfa: metadata.require_mfa === true,
-    pkceRequired: metadata.clientAuthMethod === 'none' || metadata.pkce_required !== false,
     firstParty: metadata.first_party === true,
     idTokenClaims: metadata.id_token_claims ?? 'full',
     introspectFor: metadata.introspect_for ?? [],

@@ -253,7 +253,10 @@ export class ClientService {
   async update(clientId: string, input: ClientInput): Promise<StoredClient> {
     refuseBuiltin(clientId);
     const current = await this.require(clientId);
-    return this.validateAndStore(this.metadataFrom(input, current));
+    const updated = await this.validateAndStore(this.metadataFrom(input, current));
+    // Dropping the secret (private_key_jwt, or public) is like rotating it: what it obtained ends.
+    if (current.client_secret && !updated.client_secret) await this.revocations.revoke('client', clientId);
+    return updated;
   }
 
   async rotateSecret(clientId: string): Promise<StoredClient> {

@@ -51,6 +51,7 @@ class MemoryInsurance extends RateLimiterMemory {
   override get(...args: Parameters<RateLimiterMemory['get']>) { this.onUse(); return super.get(...args); }
   override block(...args: Parameters<RateLimiterMemory['block']>) { this.onUse(); return super.block(...args); }
   override delete(...args: Parameters<RateLimiterMemory['delete']>) { this.onUse(); return super.delete(...args); }
+  override reward(...args: Parameters<RateLimiterMemory['reward']>) { this.onUse(); return super.reward(...args); }
 }
 
 /**
@@ -93,13 +94,12 @@ export class RateLimits {
   }
 
   /**
-   * Throws RateLimitedError when `key` has used up its limit, without counting anything: for limits
-   * that count failures, which are consumed only once the attempt has failed.
+   * Gives back the event `consume` counted, for limits that count failures: an attempt is counted
+   * before it is judged (so parallel attempts cannot all slip under the limit) and refunded once
+   * it has succeeded.
    */
-  async check(name: RateLimitName, key: string): Promise<void> {
-    const limiter = this.limiters[name];
-    const used = await limiter.get(hashKey(key));
-    if (used && used.consumedPoints >= limiter.points) throw new RateLimitedError(retryAfterSeconds(used.msBeforeNext));
+  async refund(name: RateLimitName, key: string): Promise<void> {
+    await this.limiters[name].reward(hashKey(key), 1);
   }
 
   /** Counts one event for `key` (an email, IP address or client id); throws RateLimitedError over the limit. */
