@@ -99,11 +99,6 @@ export function interactionRoutes(deps: InteractionDeps): Router {
   const second = secondStep({ ...deps, finish });
   second.routes(router);
 
-  const waitFor = (check: Promise<void>) => check.then(() => 0, (error: unknown) => {
-    if (error instanceof RateLimitedError) return error.retryAfterSeconds;
-    throw error;
-  });
-
   /**
    * Why this sign-in must wait, if it must: too many attempts of any outcome from the address (a
    * flood), too many failures from the address or for the email, or the email's lockout. Every
@@ -114,9 +109,9 @@ export function interactionRoutes(deps: InteractionDeps): Router {
    */
   async function signInRefusal(ip: string, email: string | undefined): Promise<RateLimitedError | undefined> {
     const waits = await Promise.all([
-      waitFor(rateLimits.consume('signinAttemptsPerIp', ip)),
-      waitFor(rateLimits.consume('signinPerIp', ip)),
-      ...(email === undefined ? [] : [waitFor(rateLimits.consume('signinPerAccount', email)), lockout.lockedFor(email)]),
+      rateLimits.wait('signinAttemptsPerIp', ip),
+      rateLimits.wait('signinPerIp', ip),
+      ...(email === undefined ? [] : [rateLimits.wait('signinPerAccount', email), lockout.lockedFor(email)]),
     ]);
     const wait = Math.max(...waits);
     return wait > 0 ? new RateLimitedError(wait) : undefined;

@@ -13,8 +13,8 @@ import { MfaError, type MfaService } from '../accounts/mfa.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ACR_MFA, reportedAcr } from '../oidc/acr.ts';
-import type { Lockout } from '../security/lockout.ts';
-import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
+import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
+import { tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
 import type { MfaChallenges, PendingChallenge } from './mfa-challenges.ts';
 
 const codeForm = z.object({ _csrf: z.string(), code: z.string().max(40) }).strict();
@@ -60,13 +60,13 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
    * checked (parallel guesses cannot slip under the limit) and refunded when it is right, so only
    * failures add up.
    */
-  async function waitBeforeCode(accountId: string): Promise<number> {
-    const locked = await lockout.lockedFor(`mfa:${accountId}`);
-    if (locked) return locked;
-    return rateLimits.consume('mfaPerAccount', accountId).then(() => 0, (error: unknown) => {
-      if (error instanceof RateLimitedError) return error.retryAfterSeconds;
-      throw error;
-    });
+  const waitBeforeCode = (accountId: string) => waitBeforeGuess(lockout, rateLimits, `mfa:${accountId}`, 'mfaPerAccount', accountId);
+
+  /** A refusal for too many codes: status and Retry-After set; returns the text for the page. */
+  function tooManyAttempts(ctx: Context, wait: number): string {
+    ctx.status = 429;
+    ctx.set('Retry-After', String(wait));
+    return `Too many attempts. ${tryAgainIn(wait)}`;
   }
 
   async function recordCode(accountId: string, right: boolean): Promise<void> {
@@ -107,11 +107,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         const { interaction, accountId } = await pendingStep(ctx, 'verify');
         const { uid, params } = interaction;
         const wait = await waitBeforeCode(accountId);
-        if (wait) {
-          ctx.status = 429;
-          ctx.set('Retry-After', String(wait));
-          return renderCode(ctx, uid, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
-        }
+        if (wait) return renderCode(ctx, uid, params.client_id, tooManyAttempts(ctx, wait));
         const form = codeForm.safeParse(ctx.request.body);
         const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
         await recordCode(accountId, factor !== undefined);
@@ -131,11 +127,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         const { interaction, accountId } = await pendingStep(ctx, 'enrol');
         const { uid, params } = interaction;
         const wait = await waitBeforeCode(accountId);
-        if (wait) {
-          ctx.status = 429;
-          ctx.set('Retry-After', String(wait));
-          return renderSetup(ctx, uid, accountId, params.client_id, `Too many attempts. ${tryAgainIn(wait)}`);
-        }
+        if (wait) return renderSetup(ctx, uid, accountId, params.client_id, tooManyAttempts(ctx, wait));
         const form = codeForm.safeParse(ctx.request.body);
         let codes: string[];
         try {

@@ -8,7 +8,7 @@
 import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Config } from '../config.ts';
 import type { RateLimitName } from '../config.ts';
-import { hashKey, RateLimitedError, retryAfterSeconds, type LimiterStore, type RateLimits } from './rate-limit.ts';
+import { hashKey, retryAfterSeconds, type LimiterStore, type RateLimits } from './rate-limit.ts';
 
 const FAILURE_WINDOW_SECONDS = 24 * 3600;
 
@@ -54,12 +54,5 @@ export class Lockout {
  */
 export async function waitBeforeGuess(lockout: Lockout, rateLimits: RateLimits, lockKey: string, limit: RateLimitName, limitKey: string): Promise<number> {
   const locked = await lockout.lockedFor(lockKey);
-  if (locked) return locked;
-  try {
-    await rateLimits.consume(limit, limitKey);
-    return 0;
-  } catch (error) {
-    if (error instanceof RateLimitedError) return error.retryAfterSeconds;
-    throw error;
-  }
+  return locked || rateLimits.wait(limit, limitKey);
 }

@@ -93,6 +93,17 @@ export class RateLimits {
     this.limiters = Object.fromEntries(RATE_LIMIT_NAMES.map((name) => [name, store.create(`rl:${name}`, limits[name])])) as Record<RateLimitName, RateLimiterAbstract>;
   }
 
+  /** Counts one event like `consume`; answers the seconds to wait before going ahead (0: go ahead). */
+  async wait(name: RateLimitName, key: string): Promise<number> {
+    try {
+      await this.consume(name, key);
+      return 0;
+    } catch (error) {
+      if (error instanceof RateLimitedError) return error.retryAfterSeconds;
+      throw error;
+    }
+  }
+
   /**
    * Gives back the event `consume` counted, for limits that count failures: an attempt is counted
    * before it is judged (so parallel attempts cannot all slip under the limit) and refunded once
