@@ -16,6 +16,8 @@ export const FERRETDB_VERSION = 'v1.24.2';
 
 export interface LocalService {
   readonly uri: string;
+  /** The server's process id (tests pause and kill it to inject faults). */
+  readonly pid: number;
   stop(): Promise<void>;
 }
 
@@ -154,16 +156,19 @@ function mongoCommand(dataDir: string, port: number, say: Say): MongoCommand {
   };
 }
 
-/** A throwaway server owned by the caller (tests): stopped with stop(). */
-export async function startEphemeralMongo(dataDir: string, say: Say): Promise<LocalService & { kind: string }> {
-  const port = await freePort();
+/**
+ * A throwaway server owned by the caller (tests): stopped with stop(). Given the port (and data
+ * directory) of one that was stopped, it starts the same server again.
+ */
+export async function startEphemeralMongo(dataDir: string, say: Say, port?: number): Promise<LocalService & { kind: string }> {
+  port ??= await freePort();
   const { command, args, kind } = mongoCommand(dataDir, port, say);
   const child = spawn(command, args, { stdio: ['ignore', 'ignore', 'inherit'] });
   await waitForPort(port, child, kind).catch(async (error: unknown) => {
     await stopChild(child);
     throw error;
   });
-  return { kind, uri: `mongodb://127.0.0.1:${port}`, stop: () => stopChild(child) };
+  return { kind, uri: `mongodb://127.0.0.1:${port}`, pid: child.pid!, stop: () => stopChild(child) };
 }
 
 function isAlive(pid: number): boolean {
@@ -224,9 +229,9 @@ function ensureRedisServer(say: Say): boolean {
   return onPath('redis-server');
 }
 
-export async function startEphemeralRedis(dataDir: string, say: Say): Promise<LocalService> {
+export async function startEphemeralRedis(dataDir: string, say: Say, port?: number): Promise<LocalService> {
   if (!ensureRedisServer(say)) throw new Error('redis-server is not installed and cannot be installed here; set REDIS_URL');
-  const port = await freePort();
+  port ??= await freePort();
   fs.mkdirSync(dataDir, { recursive: true });
   const child = spawn('redis-server', [
     '--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no', '--dir', dataDir,
@@ -235,5 +240,5 @@ export async function startEphemeralRedis(dataDir: string, say: Say): Promise<Lo
     await stopChild(child);
     throw error;
   });
-  return { uri: `redis://127.0.0.1:${port}`, stop: () => stopChild(child) };
+  return { uri: `redis://127.0.0.1:${port}`, pid: child.pid!, stop: () => stopChild(child) };
 }
