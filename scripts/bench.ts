@@ -52,6 +52,16 @@ import { openServices, type Services } from '../src/services.ts';
 import { Lockout } from '../src/security/lockout.ts';
 import { LimiterStore, RateLimits } from '../src/security/rate-limit.ts';
 
+// `npm run bench -- --scenario outage` is a scenario of its own (a database hang under load).
+const scenario = process.argv.includes('--scenario') ? process.argv[process.argv.indexOf('--scenario') + 1] : undefined;
+if (scenario === 'outage') {
+  await import('./bench/outage.ts');
+  process.exit(0);
+} else if (scenario !== undefined) {
+  process.stderr.write(`unknown scenario "${scenario}" (known: outage; without --scenario the full bench runs)\n`);
+  process.exit(64);
+}
+
 const seconds = Number(process.env.BENCH_SECONDS ?? 10);
 const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
 const signinConcurrency = Number(process.env.BENCH_SIGNIN_CONCURRENCY ?? 8);

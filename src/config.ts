@@ -19,6 +19,23 @@ export interface Config {
   readonly trustProxy: boolean;
   /** Undefined means "use the local development server under dataDir" (never in production). */
   readonly mongodbUri: string | undefined;
+  /** The longest one MongoDB operation may wait for its answer before it fails. */
+  readonly mongodbOperationTimeoutMs: number;
+  /** Limits that keep one instance answering under load, slow clients and failing dependencies. */
+  readonly http: {
+    /** Every request is answered (503 if need be) within this time. */
+    readonly requestDeadlineMs: number;
+    /** Requests worked on at once; more are refused with 503 at once. */
+    readonly maxRequestsInFlight: number;
+    readonly maxConnections: number;
+    /** Time allowed for a request's headers, and for the whole request including its body. */
+    readonly headersTimeoutMs: number;
+    readonly requestTimeoutMs: number;
+    /** How long an idle keep-alive connection stays open. */
+    readonly keepAliveTimeoutMs: number;
+    /** On SIGTERM, how long requests in flight may take before connections are cut. */
+    readonly shutdownGraceMs: number;
+  };
   /** Undefined means "run without Redis" (never in production). */
   readonly redisUrl: string | undefined;
   /** Undefined means "generate per-process keys" (never in production). */
@@ -60,6 +77,9 @@ export interface Config {
     readonly smtpUrl: string | undefined;
     readonly from: string;
     readonly outboxDir: string;
+    /** Delays between attempts at a message start here and double up to retryMaxSeconds. */
+    readonly retryBaseSeconds: number;
+    readonly retryMaxSeconds: number;
   };
   readonly rateLimits: Readonly<Record<RateLimitName, Limit>>;
   /** Consecutive failed sign-ins lock an account for baseSeconds, doubling up to maxSeconds. */
@@ -241,6 +261,24 @@ function readRateLimits(r: Reader): Config['rateLimits'] {
   return limits;
 }
 
+function readHttp(r: Reader): Config['http'] {
+  const seconds = (name: string, fallback: number, min: number, max: number) => r.int(name, fallback, min, max) * 1000;
+  const http = {
+    requestDeadlineMs: seconds('REQUEST_TIMEOUT_SECONDS', 10, 1, 300),
+    maxRequestsInFlight: r.int('MAX_REQUESTS_IN_FLIGHT', 256, 1, 100_000),
+    maxConnections: r.int('MAX_CONNECTIONS', 2048, 1, 1_000_000),
+    headersTimeoutMs: seconds('HTTP_HEADERS_TIMEOUT_SECONDS', 15, 1, 600),
+    requestTimeoutMs: seconds('HTTP_REQUEST_TIMEOUT_SECONDS', 30, 1, 3600),
+    keepAliveTimeoutMs: seconds('HTTP_KEEP_ALIVE_TIMEOUT_SECONDS', 5, 1, 600),
+    shutdownGraceMs: seconds('SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),
+  };
+  // Node refuses a headers timeout longer than the whole request's.
+  if (http.headersTimeoutMs > http.requestTimeoutMs) {
+    r.problems.push('HTTP_HEADERS_TIMEOUT_SECONDS: must not be greater than HTTP_REQUEST_TIMEOUT_SECONDS');
+  }
+  return http;
+}
+
 const LOCALHOST = new Set(['localhost', '127.0.0.1', '[::1]']);
 
 function readIssuer(r: Reader, port: number, isProduction: boolean): string {
@@ -313,6 +351,8 @@ export function loadConfig(env: Env): Config {
     port,
     trustProxy: r.bool('TRUST_PROXY', false),
     mongodbUri: r.url('MONGODB_URI', ['mongodb:', 'mongodb+srv:']),
+    mongodbOperationTimeoutMs: r.int('MONGODB_OPERATION_TIMEOUT_MS', 5000, 500, 120_000),
+    http: readHttp(r),
     redisUrl: r.url('REDIS_URL', ['redis:', 'rediss:']),
     cookieKeys: readCookieKeys(r, isProduction),
     jwks: readJwks(r),
@@ -348,6 +388,8 @@ export function loadConfig(env: Env): Config {
       smtpUrl: r.url('SMTP_URL', ['smtp:', 'smtps:']),
       from: r.string('MAIL_FROM', 'oidc-idp <no-reply@localhost>'),
       outboxDir: path.resolve(r.string('LOCAL_DATA_DIR', '.data'), 'mail'),
+      retryBaseSeconds: r.int('MAIL_RETRY_BASE_SECONDS', 5, 1, 3600),
+      retryMaxSeconds: r.int('MAIL_RETRY_MAX_SECONDS', 300, 1, 86_400),
     },
     rateLimits: readRateLimits(r),
     lockout: {

@@ -17,17 +17,26 @@ export interface RunningServer {
 
 export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
   const { services, stop } = await startServices(config, logger);
-  const server = http.createServer(createApp(services).callback());
+  let draining = false;
+  const app = createApp(services, { draining: () => draining });
+  const { http: limits } = config;
+  const server = http.createServer({
+    headersTimeout: limits.headersTimeoutMs,
+    requestTimeout: limits.requestTimeoutMs,
+    keepAliveTimeout: limits.keepAliveTimeoutMs,
+    // Node looks for expired headers and request timeouts every 30 s by default, which let a
+    // slow client hold a connection for up to 30 s past its limit.
+    connectionsCheckingInterval: 1000,
+  }, app.callback());
+  server.maxConnections = limits.maxConnections;
   // Node itself would drop CONNECT without an answer and answer unknown methods with a bare 400.
   server.on('connect', refuseConnect);
   server.on('clientError', refuseUnparsable);
-  server.headersTimeout = 15_000;
-  server.requestTimeout = 30_000;
   await new Promise<void>((resolve, reject) => {
     server.once('error', reject);
     server.listen(config.port, config.host, () => resolve());
   }).catch(async (error: unknown) => {
-    stop();
+    await stop();
     await services.close();
     throw error;
   });
@@ -37,20 +46,30 @@ export async function startServer(config: Config, logger: Logger = createLogger(
   return {
     url: `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`,
     services,
+    /**
+     * Graceful: readiness fails and every answer asks for its connection to be closed; no new
+     * connections are taken and idle ones close; requests in flight get SHUTDOWN_GRACE_SECONDS,
+     * then whatever is left is cut and the connections closed (neither waits on a hung database).
+     */
     close() {
       closing ??= (async () => {
-        await new Promise<void>((resolve) => {
-          server.close(() => resolve());
-          server.closeIdleConnections();
-          setTimeout(() => server.closeAllConnections(), 5000).unref();
-        });
-        stop();
+        draining = true;
+        const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        server.closeIdleConnections();
+        // idle() ends before the last answer is written; `closed` once it is out and its connection gone.
+        await Promise.race([Promise.all([app.guards.idle(), closed]), delay(limits.shutdownGraceMs)]);
+        server.closeAllConnections();
+        await closed;
+        // The mail worker finishes the message it is sending, if the grace has time left for it.
+        await Promise.race([stop(), delay(1000)]);
         await services.close();
       })();
       return closing;
     },
   };
 }
+
+const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
 /** Loads the config from the environment or exits with one line per bad variable. */
 export function configFromEnvironment(overrides: Record<string, string> = {}): Config {

@@ -22,8 +22,9 @@ import { AuditLog } from './audit/log.ts';
 import { DocumentService } from './documents/service.ts';
 import { AccessTokenVerifier } from './documents/token.ts';
 import { ensureDevMongo } from './local/services.ts';
-import { createMailer, type Mailer } from './mail/mailer.ts';
+import { createMailer, type MailOutbox } from './mail/mailer.ts';
 import type { Logger } from './observability/logger.ts';
+import { DatabaseHealth } from './observability/health.ts';
 import { ClientService } from './oidc/clients.ts';
 import { generateJwks, loadSigningKeys, type PrivateJwks } from './oidc/keys.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
@@ -52,15 +53,22 @@ export interface Services {
   readonly revocations: TokenRevocations;
   /** Shared through Redis; per instance, in memory, while Redis is away. */
   readonly rateLimits: RateLimits;
+  /** Where limits are counted now: shared in Redis, or locally while Redis fails. */
+  readonly limiters: LimiterStore;
   readonly lockout: Lockout;
-  /** Account e-mail: SMTP, or .eml files in the outbox without SMTP_URL (development only). */
-  readonly mailer: Mailer;
+  /**
+   * Account e-mail, queued in MongoDB and sent by the server's worker with retries: SMTP, or .eml
+   * files in the outbox directory without SMTP_URL (development only).
+   */
+  readonly mailer: MailOutbox;
   /** Single-use mailed links (email verification, password reset). */
   readonly accountTokens: AccountTokens;
   /** Sign-ins waiting for their second step. */
   readonly mfaChallenges: MfaChallenges;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
+  /** Whether MongoDB answers (checked only in the server, by startServices). */
+  readonly database: DatabaseHealth;
   /** Closes the connections; safe to call more than once. */
   close(): Promise<void>;
 }
@@ -71,11 +79,38 @@ interface OpenOptions {
   mayGenerateKeys?: boolean;
 }
 
+/**
+ * Every wait on MongoDB is bounded: finding a server, connecting, getting a pooled connection
+ * (1-2 s each: an answer is expected in milliseconds) and the answer itself
+ * (MONGODB_OPERATION_TIMEOUT_MS). Nothing is buffered while disconnected: an operation fails at
+ * once and its request gets a 503 (src/http/unavailable.ts).
+ */
+const MONGO_TIMEOUTS = { serverSelectionTimeoutMS: 1000, connectTimeoutMS: 2000, waitQueueTimeoutMS: 1000, heartbeatFrequencyMS: 2000 };
+/** A database that is still starting (or restarting) gets this long before start-up gives up. */
+const MONGO_START_ATTEMPTS = 15;
+
 async function connectMongo(config: Config, logger: Logger): Promise<Connection> {
   const uri = config.mongodbUri ?? (await ensureDevMongo(config.dataDir, (m) => logger.info(m)));
   // Filters built from user input never carry query operators, even if validation missed one.
   mongoose.set('sanitizeFilter', true);
-  return mongoose.createConnection(uri, { autoIndex: false, serverSelectionTimeoutMS: 10_000 }).asPromise();
+  const options = { ...MONGO_TIMEOUTS, socketTimeoutMS: config.mongodbOperationTimeoutMs, autoIndex: false, bufferCommands: false };
+  for (let attempt = 1; ; attempt++) {
+    try {
+      return await mongoose.createConnection(uri, options).asPromise();
+    } catch (error) {
+      if (attempt >= MONGO_START_ATTEMPTS) throw error;
+      if (attempt === 1) logger.warn({ err: { message: (error as Error).message } }, 'MongoDB not reachable yet; retrying');
+      await setTimeout(1000);
+    }
+  }
+}
+
+/** Closing never waits on a database that does not answer. */
+async function closeConnections(connection: Connection, redis: Redis | undefined): Promise<void> {
+  await Promise.race([
+    Promise.allSettled([connection.close(true), redis?.disconnect()]),
+    setTimeout(2000, undefined, { ref: false }),
+  ]);
 }
 
 /**
@@ -116,14 +151,15 @@ async function signingKeys(connection: Connection, config: Config, options: Open
 }
 
 export async function openServices(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Services> {
-  // First: a missing mail view stops start-up before anything is connected.
-  const mailer = createMailer(config, logger);
   const connection = await connectMongo(config, logger);
   let redis: Redis | undefined;
   try {
     redis = connectRedis(config, logger);
     // Give Redis a moment so a healthy start begins connected, but never wait on it for long.
     if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000, undefined, { ref: false })]);
+    // A missing mail view stops start-up here, before any index or data is touched.
+    const mailer = createMailer(config, logger, connection);
+    await mailer.ensureIndexes();
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
     await store.ensureIndexes();
 
@@ -165,15 +201,16 @@ export async function openServices(config: Config, logger: Logger, options: Open
     let closed = false;
     return {
       config, logger, connection, redis, store, accounts, mfa, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
-      rateLimits, lockout, mailer, accountTokens, mfaChallenges,
+      rateLimits, limiters, lockout, mailer, accountTokens, mfaChallenges, database: new DatabaseHealth(connection, logger),
       async close() {
         if (closed) return;
         closed = true;
-        await Promise.allSettled([connection.close(), redis?.disconnect()]);
+        limiters.close();
+        await closeConnections(connection, redis);
       },
     };
   } catch (error) {
-    await Promise.allSettled([connection.close(), redis?.disconnect()]);
+    await closeConnections(connection, redis);
     throw error;
   }
 }
@@ -188,15 +225,19 @@ async function ensureAccountConsole(services: Services): Promise<void> {
 
 /**
  * The serving process's part: opens the services, then the work no CLI command may do. Returns
- * the services and a function that stops the timers (before closing the services).
+ * the services and a function that stops the timers and workers (before closing the services).
  */
-export async function startServices(config: Config, logger: Logger): Promise<{ services: Services; stop: () => void }> {
+export async function startServices(config: Config, logger: Logger): Promise<{ services: Services; stop: () => Promise<void> }> {
   const services = await openServices(config, logger, { mayGenerateKeys: !config.isProduction });
   const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
-  const stops: (() => void)[] = [];
+  const stops: (() => void | Promise<void>)[] = [];
+  const stopAll = async () => {
+    await Promise.allSettled(stops.map((stop) => stop()));
+  };
   try {
     if (!config.cookieKeys) logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
     await ensureAccountConsole(services);
+    stops.push(services.database.start());
     await audit.ensureIndexes(config.auditRetentionDays);
     stops.push(store.startSweeper(config.sweepIntervalSeconds, (error) =>
       logger.error({ err: error }, 'sweeping expired artifacts failed')));
@@ -209,10 +250,11 @@ export async function startServices(config: Config, logger: Logger): Promise<{ s
     }, 10 * 60_000);
     maintenance.unref();
     stops.push(() => clearInterval(maintenance));
+    stops.push(services.mailer.startWorker());
   } catch (error) {
-    for (const stop of stops) stop();
+    await stopAll();
     await services.close();
     throw error;
   }
-  return { services, stop: () => { for (const stop of stops) stop(); } };
+  return { services, stop: stopAll };
 }

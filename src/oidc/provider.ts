@@ -25,6 +25,7 @@ import type { AccountService } from '../accounts/service.ts';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { PrivateJwks } from './keys.ts';
+import { guardAdapter, rethrowAsProviderError } from './unavailable.ts';
 
 export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] as const;
 export { ACR_MFA, ACR_PASSWORD } from './acr.ts';
@@ -156,11 +157,11 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
   const cookies = sessionCookies(config.issuer);
 
   const configuration: Configuration = {
-    adapter: (name: string) => store.adapterFor(name),
+    adapter: (name: string) => guardAdapter(store.adapterFor(name)),
     clients: [],
     jwks,
     findAccount: async (ctx, id) => {
-      const account = await accounts.findAccount(id);
+      const account = await accounts.findAccount(id).catch(rethrowAsProviderError);
       if (!account || clientPolicy(ctx.oidc.client).idTokenClaims === 'full') return account;
       // id_token_claims: minimal. acr, amr, auth_time and sid are added by oidc-provider itself.
       return { ...account, claims: async (use, ...rest) => (use === 'id_token' ? { sub: id } : account.claims(use, ...rest)) };
@@ -223,7 +224,7 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     loadExistingGrant: async (ctx) => {
       const { client, session } = ctx.oidc;
       const grantId = ctx.oidc.result?.consent?.grantId ?? session!.grantIdFor(client!.clientId)
-        ?? (session?.accountId ? await store.grantIdFor(session.accountId, client!.clientId) : undefined);
+        ?? (session?.accountId ? await store.grantIdFor(session.accountId, client!.clientId).catch(rethrowAsProviderError) : undefined);
       const grant = grantId ? await ctx.oidc.provider.Grant.find(grantId) : undefined;
       // A grant is only ever used for the account and client it was given by.
       return grant && grant.accountId === session?.accountId && grant.clientId === client!.clientId ? grant : undefined;

@@ -1,0 +1,103 @@
+/**
+ * What keeps one instance standing when its dependencies or its callers misbehave:
+ * - at most `maxInFlight` requests at a time; more get 503 at once instead of queueing in memory
+ *   (a hung database once piled up 5,333 sockets and ended the process out of heap);
+ * - while the database is known not to answer, requests that need it get 503 at once, and those
+ *   already waiting on it are answered 503 the moment that becomes known;
+ * - every request is answered within `deadlineMs`, whatever it is waiting for;
+ * - while draining, every answer tells the client to close its connection.
+ * Health checks are exempt from all of it: they must answer, and fast, exactly then.
+ *
+ * A request answered early keeps running in the background until its own database timeouts end
+ * it (bounded: see MONGODB_OPERATION_TIMEOUT_MS); what it writes after that is discarded.
+ */
+import type { Middleware } from 'koa';
+import type { DatabaseHealth } from '../observability/health.ts';
+import type { Logger } from '../observability/logger.ts';
+import { answerUnavailable } from './unavailable.ts';
+
+const HEALTH = new Set(['/healthz', '/healthz/live', '/healthz/ready']);
+
+/** Served from memory or computed without the database. */
+const WITHOUT_DATABASE = new Set(['/', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks', '/favicon.ico']);
+
+export interface GuardOptions {
+  maxInFlight: number;
+  deadlineMs: number;
+  database: DatabaseHealth;
+  draining: () => boolean;
+  logger: Logger;
+}
+
+export interface RequestGuards {
+  readonly middleware: Middleware;
+  /** Requests being worked on now (health checks not counted). */
+  inFlight(): number;
+  /** Resolves when no request is in flight. */
+  idle(): Promise<void>;
+}
+
+type Cut = 'deadline' | 'database';
+
+export function requestGuards({ maxInFlight, deadlineMs, database, draining, logger }: GuardOptions): RequestGuards {
+  let inFlight = 0;
+  let idleWaiters: (() => void)[] = [];
+  let refusedSince = 0;
+
+  const guarded: Middleware = async (ctx, next) => {
+    if (HEALTH.has(ctx.path)) return next();
+    if (inFlight >= maxInFlight) {
+      // One line per burst, not one per refused request.
+      if (refusedSince === 0) logger.warn({ inFlight }, 'at MAX_REQUESTS_IN_FLIGHT: refusing new requests with 503');
+      refusedSince += 1;
+      return answerUnavailable(ctx, 1);
+    }
+    if (!database.available && !WITHOUT_DATABASE.has(ctx.path)) return answerUnavailable(ctx);
+
+    inFlight += 1;
+    refusedSince = 0;
+    // Counted until the work itself ends, even when answered early: that is what holds memory.
+    const work = next().finally(() => {
+      inFlight -= 1;
+      if (inFlight > 0) return;
+      for (const resolve of idleWaiters) resolve();
+      idleWaiters = [];
+    });
+    let timer: NodeJS.Timeout | undefined;
+    let unsubscribe = () => {};
+    const cut = new Promise<Cut>((resolve) => {
+      timer = setTimeout(() => resolve('deadline'), deadlineMs);
+      unsubscribe = database.onDown(() => resolve('database'));
+    });
+    try {
+      const outcome = await Promise.race([work.then(() => undefined), cut]);
+      if (outcome !== undefined) {
+        // The abandoned work may still fail; its error has nobody left to answer.
+        work.catch(() => {});
+        ctx.state.cutShort = outcome;
+        logger.warn({ requestId: ctx.state.requestId as unknown, path: ctx.path, reason: outcome }, 'request answered 503 before it finished');
+        await answerUnavailable(ctx);
+      }
+    } finally {
+      clearTimeout(timer);
+      unsubscribe();
+    }
+    return undefined;
+  };
+
+  // Asked as the answer leaves (Koa writes it after this returns), so a request that began before
+  // shutdown also closes its connection.
+  const middleware: Middleware = async (ctx, next) => {
+    try {
+      await guarded(ctx, next);
+    } finally {
+      if (draining()) ctx.set('Connection', 'close');
+    }
+  };
+
+  return {
+    middleware,
+    inFlight: () => inFlight,
+    idle: () => (inFlight === 0 ? Promise.resolve() : new Promise<void>((resolve) => idleWaiters.push(resolve))),
+  };
+}

@@ -1,0 +1,61 @@
+/**
+ * "Not now, try again shortly": the one answer for a dependency that is down or hung, a request
+ * that ran out of time and an instance that is full. It is a 503 with Retry-After in whatever form
+ * the caller reads: problem+json under /api, a styled page for people, and an OAuth error
+ * (`temporarily_unavailable`, RFC 6749 section 4.1.2.1) for every other client, never a 500.
+ */
+import mongoose from 'mongoose';
+import type { Context } from 'koa';
+import { problemType, type ProblemCode } from '../documents/problem.ts';
+import { AppError } from './errors.ts';
+import { answerError } from './pages.ts';
+
+/** What clients are asked to wait: a dependency outage is seldom over sooner. */
+export const RETRY_AFTER_SECONDS = 5;
+
+export class ServiceUnavailableError extends AppError {
+  readonly retryAfterSeconds: number;
+  constructor(reason: string, retryAfterSeconds = RETRY_AFTER_SECONDS) {
+    super('temporarily_unavailable', reason, 503, false);
+    this.retryAfterSeconds = retryAfterSeconds;
+  }
+}
+
+const { mongo } = mongoose;
+/**
+ * The driver's errors that mean "the database did not answer" rather than "the request was
+ * wrong": no server to select, a connection refused, reset or timed out, a pool cleared or closed.
+ */
+const DATABASE_UNAVAILABLE = [
+  mongo.MongoServerSelectionError, mongo.MongoNetworkError, mongo.MongoNotConnectedError, mongo.MongoTopologyClosedError,
+  mongo.MongoServerClosedError, mongo.MongoClientClosedError, mongo.MongoOperationTimeoutError,
+];
+/** Not exported by the driver, but named: a full pool that did not free a connection in time. */
+const DATABASE_UNAVAILABLE_NAMES = new Set(['MongoWaitQueueTimeoutError', 'MongooseServerSelectionError']);
+
+export function isUnavailable(error: unknown): boolean {
+  if (error instanceof ServiceUnavailableError) return true;
+  if (DATABASE_UNAVAILABLE.some((type) => error instanceof type)) return true;
+  // oidc-provider's TemporarilyUnavailable carries the status (see src/oidc/provider.ts).
+  const { name, status } = (error ?? {}) as { name?: unknown; status?: unknown };
+  return (typeof name === 'string' && DATABASE_UNAVAILABLE_NAMES.has(name)) || status === 503;
+}
+
+const MESSAGE = 'The service is busy or one of its parts is not answering. Please try again in a few seconds.';
+
+/** Browsers name HTML; OAuth clients and scripts do not. */
+const isBrowser = (ctx: Context) => /\btext\/html\b/.test(ctx.get('accept'));
+
+export async function answerUnavailable(ctx: Context, retryAfterSeconds = RETRY_AFTER_SECONDS): Promise<void> {
+  ctx.status = 503;
+  ctx.set('Retry-After', String(retryAfterSeconds));
+  ctx.set('Cache-Control', 'no-store');
+  if (ctx.path === '/api' || ctx.path.startsWith('/api/')) {
+    ctx.type = 'application/problem+json';
+    ctx.body = { type: problemType('service-unavailable' as ProblemCode), title: 'The service is temporarily unavailable', status: 503, detail: MESSAGE };
+  } else if (isBrowser(ctx)) {
+    await answerError(ctx, { status: 503, heading: 'Please try again in a moment', message: MESSAGE });
+  } else {
+    ctx.body = { error: 'temporarily_unavailable', error_description: MESSAGE };
+  }
+}
