@@ -3,21 +3,21 @@
  * after `threshold` consecutive failures the key is locked for baseSeconds, and each further
  * failure doubles the lock, up to maxSeconds. Nothing is permanent: failures are counted in a
  * window of FAILURE_WINDOW_SECONDS from the first one, and a successful sign-in clears the count.
- * Stored like the rate limits (Redis, hashed keys, memory when Redis is away).
+ * Stored like the rate limits (Redis, hashed keys, memory when Redis is away; locks taken in
+ * memory are added to Redis once it is back).
  */
-import type { RateLimiterAbstract } from 'rate-limiter-flexible';
 import type { Config } from '../config.ts';
 import type { RateLimitName } from '../config.ts';
-import { hashKey, retryAfterSeconds, type LimiterStore, type RateLimits } from './rate-limit.ts';
+import { hashKey, retryAfterSeconds, type Limiter, type LimiterStore, type RateLimits } from './rate-limit.ts';
 
 const FAILURE_WINDOW_SECONDS = 24 * 3600;
 
 export class Lockout {
   private readonly settings: Config['lockout'];
   /** Failures in the current window; penalties only, so its points never refuse anything. */
-  private readonly failures: RateLimiterAbstract;
+  private readonly failures: Limiter;
   /** A key exists while a lock runs; its TTL is the lock's length. */
-  private readonly locks: RateLimiterAbstract;
+  private readonly locks: Limiter;
 
   constructor(settings: Config['lockout'], store: LimiterStore) {
     this.settings = settings;

@@ -1,17 +1,18 @@
 /**
  * Rate limits shared by every instance through Redis: each named limit (config.rateLimits) is a
- * fixed window of `points` events per `seconds` per key. When Redis cannot answer, the same limit
- * is counted in this process's memory instead (rate-limiter-flexible's insuranceLimiter), so the
- * provider keeps serving with per-instance limits until Redis is back.
+ * fixed window of `points` events per `seconds` per key. When Redis fails, the same limit is
+ * counted in this process's memory instead, so the provider keeps serving with per-instance
+ * limits; LimiterStore's circuit breaker keeps a hung Redis from slowing every request, and adds
+ * what memory counted to Redis once it answers again.
  * Keys are stored as SHA-256 hashes: Redis never holds an email (or IP) address in clear.
  */
 import { createHash } from 'node:crypto';
-import type { Redis } from 'ioredis';
 import type { Middleware } from 'koa';
-import { RateLimiterMemory, RateLimiterRedis, RateLimiterRes, type RateLimiterAbstract } from 'rate-limiter-flexible';
-import { RATE_LIMIT_NAMES, type Config, type Limit, type RateLimitName } from '../config.ts';
+import { RateLimiterRes } from 'rate-limiter-flexible';
+import { RATE_LIMIT_NAMES, type Config, type RateLimitName } from '../config.ts';
 import { AppError } from '../http/errors.ts';
-import type { Logger } from '../observability/logger.ts';
+import type { Limiter, LimiterStore } from './limiter-store.ts';
+export { LimiterStore, type Limiter, type LimiterState } from './limiter-store.ts';
 
 /** "Try again in 2 minutes.", rounded up so that whoever waits that long is not refused again. */
 export function tryAgainIn(seconds: number): string {
@@ -38,59 +39,11 @@ export function hashKey(key: string): string {
   return createHash('sha256').update(key).digest('base64url');
 }
 
-/** rate-limiter-flexible calls this in-memory limiter whenever Redis fails; it tells the store so. */
-class MemoryInsurance extends RateLimiterMemory {
-  private readonly onUse: () => void;
-  constructor(options: ConstructorParameters<typeof RateLimiterMemory>[0], onUse: () => void) {
-    super(options);
-    this.onUse = onUse;
-  }
-  // Every operation the limiters here use; rate-limiter-flexible forwards each one on a Redis error.
-  override consume(...args: Parameters<RateLimiterMemory['consume']>) { this.onUse(); return super.consume(...args); }
-  override penalty(...args: Parameters<RateLimiterMemory['penalty']>) { this.onUse(); return super.penalty(...args); }
-  override get(...args: Parameters<RateLimiterMemory['get']>) { this.onUse(); return super.get(...args); }
-  override block(...args: Parameters<RateLimiterMemory['block']>) { this.onUse(); return super.block(...args); }
-  override delete(...args: Parameters<RateLimiterMemory['delete']>) { this.onUse(); return super.delete(...args); }
-  override reward(...args: Parameters<RateLimiterMemory['reward']>) { this.onUse(); return super.reward(...args); }
-}
-
-/**
- * Makes the limiters for RateLimits and Lockout: in Redis with a memory fallback, or in memory
- * only without Redis. Falling back is logged once per outage, not once per request.
- */
-export class LimiterStore {
-  private readonly redis: Redis | undefined;
-  private readonly logger: Logger;
-  private fallenBack = false;
-
-  constructor(redis: Redis | undefined, logger: Logger) {
-    this.redis = redis;
-    this.logger = logger;
-    if (!redis) logger.warn('rate limits and lockout are kept in this process only (no Redis; development only)');
-    redis?.on('ready', () => {
-      if (this.fallenBack) logger.info('rate limits and lockout are shared through Redis again');
-      this.fallenBack = false;
-    });
-  }
-
-  create(name: string, { points, seconds }: Limit): RateLimiterAbstract {
-    const options = { keyPrefix: `idp:${name}`, points, duration: seconds };
-    if (!this.redis) return new RateLimiterMemory(options);
-    return new RateLimiterRedis({ ...options, storeClient: this.redis, insuranceLimiter: new MemoryInsurance(options, () => this.fellBack()) });
-  }
-
-  private fellBack(): void {
-    if (this.fallenBack) return;
-    this.fallenBack = true;
-    this.logger.warn('redis unreachable: rate limits and lockout are counted per instance, in memory, until it is back');
-  }
-}
-
 export class RateLimits {
-  private readonly limiters: Record<RateLimitName, RateLimiterAbstract>;
+  private readonly limiters: Record<RateLimitName, Limiter>;
 
   constructor(limits: Config['rateLimits'], store: LimiterStore) {
-    this.limiters = Object.fromEntries(RATE_LIMIT_NAMES.map((name) => [name, store.create(`rl:${name}`, limits[name])])) as Record<RateLimitName, RateLimiterAbstract>;
+    this.limiters = Object.fromEntries(RATE_LIMIT_NAMES.map((name) => [name, store.create(`rl:${name}`, limits[name])])) as Record<RateLimitName, Limiter>;
   }
 
   /** Counts one event like `consume`; answers the seconds to wait before going ahead (0: go ahead). */
