@@ -1,16 +1,21 @@
 /**
  * The mailer against a real SMTP server (test/support/smtp.ts) and, without SMTP_URL, against the
- * development outbox on disk. Logs go to memory so the tests can check what they reveal.
+ * development outbox on disk: each message goes through the MongoDB outbox and one worker pass
+ * (deliverDue), as in the server. Logs go to memory so the tests can check what they reveal.
+ * Outages, retries and several workers are in resilience-mail.test.ts.
  */
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { simpleParser } from 'mailparser';
+import mongoose from 'mongoose';
 import { pino } from 'pino';
-import { loadConfig } from '../src/config.ts';
+import { loadConfig, type Config } from '../src/config.ts';
 import { freePort } from '../src/local/services.ts';
-import { createMailer, type MailMessage } from '../src/mail/mailer.ts';
+import { createMailer, mailLifetimeMs, type MailMessage } from '../src/mail/mailer.ts';
+import { LEASE_COLLECTION, OUTBOX_COLLECTION } from '../src/mail/outbox.ts';
 import type { Logger } from '../src/observability/logger.ts';
+import { testMongoUri } from './support/env.ts';
 import { linkFrom, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
 
 const HOSTILE = '<script>alert(1)</script>';
@@ -68,6 +73,27 @@ function memoryLogger(): { logger: Logger; lines: Record<string, unknown>[] } {
   return { logger, lines };
 }
 
+let connection: mongoose.Connection;
+beforeAll(async () => {
+  connection = await mongoose.createConnection(testMongoUri('mail'), { autoIndex: false }).asPromise();
+});
+afterAll(async () => {
+  await connection.dropDatabase();
+  await connection.close();
+});
+beforeEach(async () => {
+  await Promise.all([OUTBOX_COLLECTION, LEASE_COLLECTION].map((name) => connection.collection(name).deleteMany({})));
+});
+
+const outbox = () => connection.collection(OUTBOX_COLLECTION);
+
+/** Stores the message in the outbox, then makes one worker pass; resolves with how many were sent. */
+async function sendNow(config: Config, logger: Logger, message: MailMessage): Promise<number> {
+  const mailer = createMailer(config, logger, connection);
+  await mailer.send(message);
+  return mailer.deliverDue();
+}
+
 function escapeHtml(text: string): string {
   return text.replaceAll('&', '&amp;').replaceAll('<', '&lt;').replaceAll('>', '&gt;').replaceAll('"', '&#34;');
 }
@@ -86,7 +112,7 @@ describe('with SMTP_URL', () => {
   test.each(Object.entries(CASES))('%s: subject, addresses, both parts, links, escaped name', async (_label, { message, subject, links }) => {
     const to = `alice+${message.template}@example.com`;
     const { logger } = memoryLogger();
-    await createMailer(config, logger).send({ to, ...message });
+    expect(await sendNow(config, logger, { to, ...message })).toBe(1);
 
     const mail = await capture.waitFor((m) => m.to.includes(to));
     expect(mail.subject).toBe(subject);
@@ -111,7 +137,7 @@ describe('with SMTP_URL', () => {
   test('logs one line per message with the template and messageId, never the recipient or the link', async () => {
     const { logger, lines } = memoryLogger();
     const to = 'bob@example.com';
-    await createMailer(config, logger).send({ to, template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+    await sendNow(config, logger, { to, template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
 
     expect(lines).toHaveLength(1);
     expect(lines[0]).toMatchObject({ level: 30, template: 'reset-password', messageId: expect.stringMatching(/^<.+>$/) });
@@ -120,9 +146,7 @@ describe('with SMTP_URL', () => {
   });
 
   test('a message without a name greets plainly', async () => {
-    await createMailer(config, memoryLogger().logger).send({
-      to: 'carol@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 1 },
-    });
+    await sendNow(config, memoryLogger().logger, { to: 'carol@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 1 } });
     const mail = await capture.waitFor((m) => m.to.includes('carol@example.com'));
     expect(mail.text).toMatch(/^Hello,\n/);
     expect(mail.text).toContain('expires in 1 hour.');
@@ -132,18 +156,63 @@ describe('with SMTP_URL', () => {
     ['a missing link', { expiresInHours: 24 }],
     ['a javascript: link', { link: 'javascript:alert(1)', expiresInHours: 24 }],
     ['a relative link', { link: '/verify-email?token=x', expiresInHours: 24 }],
-  ])('refuses to send with %s', async (_label, data) => {
-    const send = createMailer(config, memoryLogger().logger).send({ to: 'dave@example.com', template: 'verify-email', data });
-    await expect(send).rejects.toThrow(/verify-email.*link/);
+  ])('refuses to send with %s, and stores nothing', async (_label, data) => {
+    const mailer = createMailer(config, memoryLogger().logger, connection);
+    await expect(mailer.send({ to: 'dave@example.com', template: 'verify-email', data })).rejects.toThrow(/verify-email.*link/);
+    expect(await mailer.deliverDue()).toBe(0);
+    expect(await outbox().countDocuments()).toBe(0);
     expect(capture.messages).toHaveLength(0);
   });
 
-  test('rejects when the SMTP server cannot be reached', async () => {
+  test.each(['dave@example.com, eve@example.com', 'Dave <dave@example.com>', 'dave@example.com\r\nBcc: eve@example.com'])(
+    'refuses a recipient that is not one plain address: %j', async (to) => {
+      const mailer = createMailer(config, memoryLogger().logger, connection);
+      await expect(mailer.send({ to, template: 'mfa-changed', data: { enabled: true, when: WHEN } })).rejects.toThrow(/plain email address/);
+      expect(await outbox().countDocuments()).toBe(0);
+    });
+
+  test('an unreachable SMTP server fails neither the send nor the pass: the message waits for its retry', async () => {
     const closed = loadConfig({ NODE_ENV: 'test', SMTP_URL: `smtp://127.0.0.1:${await freePort()}` });
     const { logger, lines } = memoryLogger();
-    const send = createMailer(closed, logger).send({ to: 'erin@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } });
-    await expect(send).rejects.toThrow(/ECONNREFUSED/);
-    expect(lines).toHaveLength(0);
+    expect(await sendNow(closed, logger, { to: 'erin@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } })).toBe(0);
+
+    expect(lines).toEqual([expect.objectContaining({
+      level: 40, template: 'verify-email', messageId: expect.stringMatching(/^<.+>$/), attempts: 1, originalCode: 'ECONNREFUSED',
+    })]);
+    expect(JSON.stringify(lines)).not.toContain('erin');
+    expect(JSON.stringify(lines)).not.toContain(TOKEN);
+    const [stored] = await outbox().find().toArray();
+    expect(stored).toMatchObject({ attempts: 1, to: 'erin@example.com' });
+    expect((stored!.nextAttemptAt as Date).getTime()).toBeGreaterThan(Date.now());
+  });
+
+  test('a sent message keeps neither its recipient nor its content in the database', async () => {
+    await sendNow(config, memoryLogger().logger, { to: 'fred@example.com', template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+    const stored = await outbox().find().toArray();
+    expect(stored).toEqual([expect.objectContaining({ sentAt: expect.any(Date), template: 'reset-password' })]);
+    expect(JSON.stringify(stored)).not.toContain('fred');
+    expect(JSON.stringify(stored)).not.toContain(TOKEN);
+  });
+});
+
+describe('message lifetime', () => {
+  test('a link mail lives as long as the mail says its link works; a notice for a day; never over a week', () => {
+    const minute = 60_000;
+    const hour = 60 * minute;
+    expect(mailLifetimeMs('reset-password', { link: RESET, expiresInMinutes: 60 })).toBe(60 * minute);
+    expect(mailLifetimeMs('verify-email', { link: VERIFY, expiresInHours: 24 })).toBe(24 * hour);
+    expect(mailLifetimeMs('verify-email', { link: VERIFY, expiresInHours: 24 * 365 })).toBe(7 * 24 * hour);
+    expect(mailLifetimeMs('reset-password', { link: RESET, expiresInMinutes: 'soon' })).toBe(60 * minute);
+    expect(mailLifetimeMs('password-changed', { when: WHEN, signInLink: SIGN_IN })).toBe(24 * hour);
+    expect(mailLifetimeMs('mfa-changed', { enabled: true, when: WHEN })).toBe(24 * hour);
+  });
+
+  test('the stored message expires with its link', async () => {
+    const config = loadConfig({ NODE_ENV: 'test', SMTP_URL: `smtp://127.0.0.1:${await freePort()}` });
+    await createMailer(config, memoryLogger().logger, connection)
+      .send({ to: 'ivan@example.com', template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+    const [stored] = await outbox().find().toArray();
+    expect((stored!.expiresAt as Date).getTime() - (stored!.createdAt as Date).getTime()).toBe(30 * 60_000);
   });
 });
 
@@ -157,7 +226,7 @@ describe('without SMTP_URL (development outbox)', () => {
   test('writes a complete .eml file to the outbox and logs its path and link', async () => {
     const config = loadConfig({ NODE_ENV: 'development', LOCAL_DATA_DIR: dataDir });
     const { logger, lines } = memoryLogger();
-    await createMailer(config, logger).send({ to: 'frank@example.com', template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } });
+    expect(await sendNow(config, logger, { to: 'frank@example.com', template: 'reset-password', data: { link: RESET, expiresInMinutes: 30 } })).toBe(1);
 
     const files = fs.readdirSync(config.mail.outboxDir);
     expect(files).toEqual([expect.stringMatching(/^\d{4}-\d\d-\d\dT\d\d-\d\d-\d\d\.\d{3}Z-reset-password-[0-9a-f]{8}\.eml$/)]);
@@ -183,7 +252,7 @@ describe('without SMTP_URL (development outbox)', () => {
   test('a message without data.link is written and logged without a link', async () => {
     const config = loadConfig({ NODE_ENV: 'development', LOCAL_DATA_DIR: dataDir });
     const { logger, lines } = memoryLogger();
-    await createMailer(config, logger).send({ to: 'gina@example.com', template: 'mfa-changed', data: { enabled: true, when: WHEN } });
+    await sendNow(config, logger, { to: 'gina@example.com', template: 'mfa-changed', data: { enabled: true, when: WHEN } });
 
     expect(fs.readdirSync(config.mail.outboxDir)).toHaveLength(1);
     expect(lines).toHaveLength(1);
@@ -199,9 +268,9 @@ describe('test helpers', () => {
   afterAll(() => capture.close());
 
   test('waitFor resolves with a message that arrives later, and times out naming what did arrive', async () => {
-    const mailer = createMailer(loadConfig({ NODE_ENV: 'test', SMTP_URL: capture.url }), memoryLogger().logger);
     const later = capture.waitFor((m) => m.to.includes('hank@example.com'));
-    await mailer.send({ to: 'hank@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } });
+    await sendNow(loadConfig({ NODE_ENV: 'test', SMTP_URL: capture.url }), memoryLogger().logger,
+      { to: 'hank@example.com', template: 'verify-email', data: { link: VERIFY, expiresInHours: 24 } });
     await expect(later).resolves.toMatchObject({ subject: 'Confirm your email address' });
 
     await expect(capture.waitFor((m) => m.to.includes('nobody@example.com'), 100))

@@ -1,19 +1,20 @@
 /**
- * Account e-mail (verification, password reset, notices). With SMTP_URL every message goes to that
- * server. Without it (development and tests only: production refuses to start without SMTP_URL)
- * every message is written as an .eml file under the outbox directory and its link is logged, so
- * a developer can follow it without running a mail server.
+ * Account e-mail (verification, password reset, notices). `send` checks and renders the message
+ * and stores it in the durable outbox (./outbox.ts) with one insert: no request waits on SMTP or
+ * fails because of it. Each server process runs a worker that sends what is due, over SMTP with
+ * SMTP_URL or, without it (development and tests only), as .eml files (./transport.ts).
  *
- * A failed send rejects: whether that fails a request or is only logged is the caller's decision.
+ * `send` rejects only for a caller bug (a bad address, a missing field, a link that is not
+ * http(s)); delivery problems are the worker's, which retries and logs them.
  */
-import { randomBytes } from 'node:crypto';
-import fs from 'node:fs/promises';
 import path from 'node:path';
-import nodemailer from 'nodemailer';
+import type { Connection } from 'mongoose';
 import type { Config } from '../config.ts';
 import { projectRoot } from '../local/services.ts';
 import type { Logger } from '../observability/logger.ts';
-import { createRenderer, type MailTemplate, type Renderer } from './templates.ts';
+import { createRenderer, type MailTemplate } from './templates.ts';
+import { Outbox } from './outbox.ts';
+import { createTransport } from './transport.ts';
 import { isValidEmail } from '../accounts/service.ts';
 
 export type { MailTemplate };
@@ -37,54 +38,53 @@ export interface Mailer {
   send(message: MailMessage): Promise<void>;
 }
 
-export function createMailer(config: Config, logger: Logger): Mailer {
-  const render = createRenderer(path.join(projectRoot(), 'views', 'mail'));
-  const { smtpUrl, from, outboxDir } = config.mail;
-  return smtpUrl ? smtpMailer(smtpUrl, from, render, logger) : outboxMailer(outboxDir, from, render, logger);
+export interface MailOutbox extends Mailer {
+  /** Every process, at start. */
+  ensureIndexes(): Promise<void>;
+  /**
+   * Server processes only: sends due messages until the returned function is called, which
+   * resolves once the pass in progress is over. Its timers never keep the process alive.
+   */
+  startWorker(): () => Promise<void>;
+  /** One pass over the due messages, as the worker makes it; resolves with how many it sent. */
+  deliverDue(): Promise<number>;
 }
 
-function smtpMailer(url: string, from: string, render: Renderer, logger: Logger): Mailer {
-  // nodemailer waits up to two minutes to connect by default; a request sending mail should not.
-  // Query parameters in SMTP_URL (e.g. ?connectionTimeout=30000) still override these.
-  const transport = nodemailer.createTransport(
-    { url, connectionTimeout: 10_000, greetingTimeout: 10_000, socketTimeout: 30_000 },
-    { from },
-  );
-  return {
-    async send({ to, template, data }) {
-      const info = await transport.sendMail({ ...recipient(to), ...render(template, data) });
-      // Neither the recipient nor the link: one identifies a person, the other carries a live token.
-      logger.info({ template, messageId: info.messageId }, 'mail sent');
-    },
-  };
-}
-
-function outboxMailer(dir: string, from: string, render: Renderer, logger: Logger): Mailer {
-  // CRLF line ends make each file a standard RFC 5322 message that any mail client opens.
-  const transport = nodemailer.createTransport({ streamTransport: true, buffer: true, newline: 'windows' }, { from });
-  return {
-    async send({ to, template, data }) {
-      const info = await transport.sendMail({ ...recipient(to), ...render(template, data) });
-      const file = path.join(dir, outboxFileName(template));
-      // The files hold live links: readable by this user only.
-      await fs.mkdir(dir, { recursive: true, mode: 0o700 });
-      await fs.writeFile(file, info.message as Buffer, { mode: 0o600, flag: 'wx' });
-      logger.info({ template, file, link: data.link }, 'mail written to the outbox (development)');
-    },
-  };
-}
+const MINUTE = 60_000;
+const HOUR = 60 * MINUTE;
+const NOTICE_LIFETIME = 24 * HOUR;
+const LONGEST_LIFETIME = 7 * 24 * HOUR;
 
 /**
- * One recipient, exactly the given address: as an object (not a header string nodemailer would
- * parse as a list) and as the SMTP envelope, after the same strict check accounts use.
+ * How long a message is worth sending: a link's mail as long as the mail says its link works
+ * (defaults: reset 60 minutes, verification 24 hours), a notice for a day. Afterwards it is
+ * dropped unsent, and the stored copy of its link with it.
  */
-function recipient(address: string) {
-  if (!isValidEmail(address)) throw new Error('refusing to send mail to an address that is not a plain email address');
-  return { to: { name: '', address }, envelope: { to: address } };
+export function mailLifetimeMs(template: MailTemplate, data: Readonly<Record<string, unknown>>): number {
+  const declared = template === 'verify-email' ? Number(data.expiresInHours) * HOUR
+    : template === 'reset-password' ? Number(data.expiresInMinutes) * MINUTE : NaN;
+  if (Number.isFinite(declared) && declared > 0) return Math.min(declared, LONGEST_LIFETIME);
+  return template === 'reset-password' ? HOUR : NOTICE_LIFETIME;
 }
 
-/** Sorts by time; colons are left out of the ISO time because some file systems refuse them. */
-function outboxFileName(template: MailTemplate): string {
-  const time = new Date().toISOString().replaceAll(':', '-');
-  return `${time}-${template}-${randomBytes(4).toString('hex')}.eml`;
+/** Compiles every mail view now, so a missing or broken one stops start-up, not a sign-up. */
+export function createMailer(config: Config, logger: Logger, connection: Connection): MailOutbox {
+  const render = createRenderer(path.join(projectRoot(), 'views', 'mail'));
+  const { smtpUrl, from, outboxDir, retryBaseSeconds, retryMaxSeconds } = config.mail;
+  const outbox = new Outbox(connection, createTransport(smtpUrl, from, outboxDir, logger), logger, {
+    retryBaseSeconds, retryMaxSeconds, host: new URL(config.issuer).hostname,
+  });
+  return {
+    async send({ to, template, data }) {
+      // The same strict check accounts use: exactly one plain address, never a list.
+      if (!isValidEmail(to)) throw new Error('refusing to send mail to an address that is not a plain email address');
+      const { subject, text, html } = render(template, data);
+      // Only the development outbox logs the link, so only it keeps a copy outside the text.
+      const link = !smtpUrl && typeof data.link === 'string' ? data.link : undefined;
+      await outbox.enqueue({ to, template, subject, text, html, link, lifetimeMs: mailLifetimeMs(template, data) });
+    },
+    ensureIndexes: () => outbox.ensureIndexes(),
+    startWorker: () => outbox.startWorker(),
+    deliverDue: () => outbox.deliverDue(),
+  };
 }

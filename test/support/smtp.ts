@@ -2,6 +2,7 @@
  * A real SMTP server on a loopback port that keeps every message it accepts, parsed, so tests read
  * verification and reset links out of the mail the provider actually sent. A message is stored
  * before the server acknowledges it: once `send` resolves, the mail is already in `messages`.
+ * Resilience tests stop it and start it again on the same port, and can have it refuse recipients.
  */
 import type { AddressInfo } from 'node:net';
 import { simpleParser, type AddressObject, type ParsedMail } from 'mailparser';
@@ -27,7 +28,17 @@ export interface SmtpCapture {
   /** The first message, received or still to come, that matches; rejects after `timeoutMs`. */
   waitFor(predicate: (mail: CapturedMail) => boolean, timeoutMs?: number): Promise<CapturedMail>;
   clear(): void;
+  /** Stops listening (connections are refused) and keeps `messages`; `start` listens again on the same port. */
+  stop(): Promise<void>;
+  start(): Promise<void>;
   close(): Promise<void>;
+}
+
+export interface SmtpCaptureOptions {
+  /** Listen on this port instead of one the system picks (e.g. where a stopped server was). */
+  readonly port?: number;
+  /** An SMTP reply code (550 permanent, 451 transient) to refuse a recipient with; undefined accepts. */
+  readonly refuseRecipient?: (address: string) => number | undefined;
 }
 
 interface Waiter {
@@ -66,18 +77,22 @@ function summary(messages: readonly CapturedMail[]): string {
   return messages.map((mail) => `"${mail.subject}" to ${mail.to.join(', ')}`).join('; ');
 }
 
-function listen(server: SMTPServer): Promise<number> {
+function listen(server: SMTPServer, port: number): Promise<number> {
   return new Promise((resolve, reject) => {
     server.once('error', reject);
     // Port 0: the system picks a free port, with no window for another process to take it.
-    server.listen(0, '127.0.0.1', () => {
+    server.listen(port, '127.0.0.1', () => {
       server.off('error', reject);
       resolve((server.server.address() as AddressInfo).port);
     });
   });
 }
 
-export async function startSmtpCapture(): Promise<SmtpCapture> {
+function refusal(code: number): Error {
+  return Object.assign(new Error(code >= 500 ? 'No such mailbox here' : 'Try again later'), { responseCode: code });
+}
+
+export async function startSmtpCapture(options: SmtpCaptureOptions = {}): Promise<SmtpCapture> {
   const messages: CapturedMail[] = [];
   const waiters = new Set<Waiter>();
 
@@ -86,22 +101,37 @@ export async function startSmtpCapture(): Promise<SmtpCapture> {
     messages.push(mail);
     for (const waiter of waiters) offer(waiter, mail);
   };
-  const server = new SMTPServer({
-    disabledCommands: ['AUTH', 'STARTTLS'],
-    authOptional: true,
-    logger: false,
-    // A reverse DNS lookup of 127.0.0.1 would add its latency to every message.
-    disableReverseLookup: true,
-    // Connections still open at close (a client that never sent QUIT) must not hold a test for 30 s.
-    closeTimeout: 1000,
-    onData(stream, _session, callback) {
-      accept(stream).then(() => callback(), (error: Error) => callback(error));
-    },
+  const create = () => {
+    const server = new SMTPServer({
+      disabledCommands: ['AUTH', 'STARTTLS'],
+      authOptional: true,
+      logger: false,
+      // A reverse DNS lookup of 127.0.0.1 would add its latency to every message.
+      disableReverseLookup: true,
+      // Connections still open at close (a client that never sent QUIT) must not hold a test for 30 s.
+      closeTimeout: 1000,
+      onRcptTo(address, _session, callback) {
+        const code = options.refuseRecipient?.(address.address);
+        callback(code === undefined ? undefined : refusal(code));
+      },
+      onData(stream, _session, callback) {
+        accept(stream).then(() => callback(), (error: Error) => callback(error));
+      },
+    });
+    // A client dropping its connection is reported here; the client side sees its own error, and an
+    // unhandled 'error' event would crash the test worker. (A failed listen still rejects in listen.)
+    server.on('error', () => {});
+    return server;
+  };
+  // A stopped server is not reused: a new one listens on the same port.
+  let server: SMTPServer | undefined = create();
+  const port = await listen(server, options.port ?? 0);
+  const stop = () => new Promise<void>((resolve) => {
+    const running = server;
+    server = undefined;
+    if (running) running.close(resolve);
+    else resolve();
   });
-  const port = await listen(server);
-  // A client dropping its connection is reported here; the client side sees its own error, and an
-  // unhandled 'error' event would crash the test worker.
-  server.on('error', () => {});
 
   let closing: Promise<void> | undefined;
   return {
@@ -126,11 +156,18 @@ export async function startSmtpCapture(): Promise<SmtpCapture> {
     clear() {
       messages.length = 0;
     },
+    stop,
+    async start() {
+      if (server || closing) throw new Error(server ? 'the SMTP capture is already listening' : 'the SMTP capture was closed');
+      const next = create();
+      await listen(next, port);
+      server = next;
+    },
     close() {
-      closing ??= new Promise((resolve) => {
+      closing ??= (async () => {
         for (const waiter of waiters) waiter.settle(new Error('the SMTP capture was closed'));
-        server.close(resolve);
-      });
+        await stop();
+      })();
       return closing;
     },
   };
