@@ -8,7 +8,7 @@
  */
 import { createHash, randomBytes } from 'node:crypto';
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
+import { formBody } from '../http/form-body.ts';
 import type { Context } from 'koa';
 import type { Provider } from 'oidc-provider';
 import { z } from 'zod';
@@ -70,7 +70,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     ctx.set('Cache-Control', 'no-store');
     await next();
   });
-  router.use(bodyParser({ enableTypes: ['form'], formLimit: '8kb', encoding: 'utf-8' }));
+  router.use(formBody({ limit: '8kb' }));
   router.use(csrf({ secure: config.secureTransport }));
 
   /** The signed-in account, or a redirect to sign in (answered here) and undefined. */

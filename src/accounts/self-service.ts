@@ -16,7 +16,7 @@
  * the application (GET /interaction/<uid> resumes the authorization in the browser that started it).
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
+import { formBody } from '../http/form-body.ts';
 import type { Context } from 'koa';
 import type { Provider } from 'oidc-provider';
 import { z } from 'zod';
@@ -73,7 +73,7 @@ export function selfServiceRoutes({ config, provider, accounts, tokens, mailer, 
     ctx.set('Cache-Control', 'no-store');
     await next();
   });
-  router.use(bodyParser({ enableTypes: ['form'], formLimit: '8kb', encoding: 'utf-8' }));
+  router.use(formBody({ limit: '8kb' }));
   router.use(csrf({ secure: config.secureTransport }));
 
   /**

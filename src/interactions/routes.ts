@@ -7,7 +7,7 @@
  * @see node-oidc-provider example/routes/koa.js
  */
 import Router from '@koa/router';
-import { bodyParser } from '@koa/bodyparser';
+import { formBody } from '../http/form-body.ts';
 import type { Context } from 'koa';
 import { errors, type Interaction, type InteractionResults, type Provider } from 'oidc-provider';
 import { z } from 'zod';
@@ -63,7 +63,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
 
   // Small limits: a login form is well under 1 kB, and large bodies are refused (413) before
   // anything is parsed or hashed.
-  router.use(bodyParser({ enableTypes: ['form', 'json'], formLimit: '8kb', jsonLimit: '8kb', encoding: 'utf-8' }));
+  router.use(formBody({ json: true, limit: '8kb' }));
   router.use(async (ctx, next) => {
     ctx.set('Cache-Control', 'no-store');
     try {
