@@ -154,11 +154,18 @@ test('a confidential service client gets tokens with client_credentials; a user 
   });
 });
 
-test('the health endpoint reports MongoDB and Redis', async () => {
-  const response = await fetch(`${server.issuer}/healthz`);
-  expect(response.status).toBe(200);
-  expect(await response.json()).toEqual({ status: 'ok', mongodb: 'ok', redis: 'ok' });
-  expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+test('the health endpoints: live, and ready (MongoDB and Redis, from the last ping); /healthz is ready', async () => {
+  for (const path of ['/healthz', '/healthz/ready']) {
+    const response = await fetch(`${server.issuer}${path}`);
+    expect(response.status).toBe(200);
+    const body = await response.json() as { checkedAt: string };
+    expect(body).toEqual({ status: 'ok', mongodb: 'ok', redis: 'ok', checkedAt: expect.any(String) });
+    expect(Date.now() - Date.parse(body.checkedAt)).toBeLessThan(5000);
+    expect(response.headers.get('x-request-id')).toMatch(/^[0-9a-f-]{36}$/);
+    expect(response.headers.get('cache-control')).toBe('no-store');
+  }
+  const live = await fetch(`${server.issuer}/healthz/live`);
+  expect([live.status, await live.json()]).toEqual([200, { status: 'ok' }]);
 });
 
 test('a well-formed X-Request-Id is kept, anything else is replaced', async () => {

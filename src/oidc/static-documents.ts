@@ -3,13 +3,18 @@
  * configuration and keys are fixed at start-up), yet oidc-provider rebuilds them each time. This
  * keeps the first successful answer and serves it from memory, and lets clients and caches keep
  * it for a while too.
+ *
+ * oidc-provider writes its endpoint URLs from the request's host, so only requests for the
+ * issuer's own origin are cached or answered from the cache: a first request with a forged Host
+ * (or a health check on an instance's own address) must not decide what every later client is told.
  */
 import type { Middleware } from 'koa';
 
-export function staticDocuments(paths: readonly string[], maxAgeSeconds = 300): Middleware {
+export function staticDocuments(issuer: string, paths: readonly string[], maxAgeSeconds = 300): Middleware {
   const cache = new Map<string, { type: string; body: string }>();
+  const origin = new URL(issuer).origin;
   return async (ctx, next) => {
-    if ((ctx.method !== 'GET' && ctx.method !== 'HEAD') || !paths.includes(ctx.path)) return next();
+    if ((ctx.method !== 'GET' && ctx.method !== 'HEAD') || !paths.includes(ctx.path) || `${ctx.protocol}://${ctx.host}` !== origin) return next();
     const cached = cache.get(ctx.path);
     if (cached === undefined) {
       await next();
