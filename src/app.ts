@@ -6,7 +6,6 @@ import path from 'node:path';
 import Koa from 'koa';
 import mount from 'koa-mount';
 import views from 'koa-views';
-import Router from '@koa/router';
 import { documentsApi } from './documents/routes.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { accountPages } from './accounts/account-pages.ts';
@@ -15,8 +14,11 @@ import { isAppError } from './http/errors.ts';
 import { RouteTable } from './http/methods.ts';
 import { answerError, finalAnswers, homePage } from './http/pages.ts';
 import { securityHeaders } from './security/headers.ts';
-import { RateLimitedError, tokenRateLimit } from './security/rate-limit.ts';
+import { RateLimitedError, tokenRateLimit, type LimiterState } from './security/rate-limit.ts';
 import { requestLog } from './observability/request-log.ts';
+import { healthRoutes } from './observability/health.ts';
+import { requestGuards, type RequestGuards } from './http/guards.ts';
+import { answerUnavailable, isUnavailable, RETRY_AFTER_SECONDS } from './http/unavailable.ts';
 import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
@@ -27,7 +29,29 @@ function genericMessage(status: number): string {
   return 'Something went wrong on our side. Please try again.';
 }
 
-export function createApp(services: Services): Koa {
+/**
+ * oidc-provider reads a body as it comes, ignoring Content-Encoding, so a compressed form would be
+ * read as garbage parameters (and a proxy and the provider could disagree on what was sent).
+ */
+const refuseEncodedBodies: Koa.Middleware = async (ctx, next) => {
+  const encoding = ctx.get('content-encoding').trim().toLowerCase();
+  if (ctx.method !== 'POST' || !encoding || encoding === 'identity') return next();
+  ctx.status = 415;
+  ctx.set('Cache-Control', 'no-store');
+  ctx.body = { error: 'invalid_request', error_description: 'request bodies must not use a Content-Encoding' };
+  return undefined;
+};
+
+/** Redis as readiness reports it: 'down' means limits are counted per instance for now. */
+const REDIS_HEALTH: Record<LimiterState, string> = { shared: 'ok', local: 'down', 'not configured': 'not configured' };
+
+/** What the server tells the app about its own life. */
+export interface Lifecycle {
+  /** True once shutdown has begun: readiness fails and connections are told to close. */
+  draining(): boolean;
+}
+
+export function createApp(services: Services, lifecycle: Lifecycle = { draining: () => false }): Koa & { guards: RequestGuards } {
   const { config, provider, logger } = services;
   // maxIpsCount 1: behind the (one) trusted proxy, the client address is the entry that proxy
   // appended to X-Forwarded-For; entries before it were written by the client and could dodge
@@ -38,6 +62,11 @@ export function createApp(services: Services): Koa {
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
   // Compiled templates are cached except in development, where edits show on reload.
   app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs', options: { cache: config.nodeEnv !== 'development' } }));
+  const guards = requestGuards({
+    maxInFlight: config.http.maxRequestsInFlight, deadlineMs: config.http.requestDeadlineMs,
+    database: services.database, draining: lifecycle.draining, logger,
+  });
+  app.use(guards.middleware);
 
   // One place that turns errors into answers: our own errors show their message, anything
   // unexpected shows a generic one and is logged in full (without request bodies).
@@ -45,10 +74,17 @@ export function createApp(services: Services): Koa {
     try {
       await next();
     } catch (error) {
+      // A database that does not answer is not a bug: 503 and a short log line, no stack.
+      if (isUnavailable(error)) {
+        logger.warn({ err: { name: (error as Error).name, message: (error as Error).message }, requestId: ctx.state.requestId as unknown, path: ctx.path }, 'dependency unavailable');
+        return answerUnavailable(ctx);
+      }
       const known = isAppError(error);
       // Client errors raised by Koa middleware (body parser: 400, 413, 415) carry `expose`.
       const http = error as { status?: number; expose?: boolean };
-      const status = known ? error.status : http.expose && http.status ? http.status : 500;
+      // A client error a library raised without `expose` (co-body's) is still the client's.
+      const clientError = typeof http.status === 'number' && http.status >= 400 && http.status < 500;
+      const status = known ? error.status : (http.expose || clientError) && http.status ? http.status : 500;
       const message = known && error.expose ? error.message : genericMessage(status);
       const requestId = ctx.state.requestId as string;
       if (status >= 500) logger.error({ err: error, requestId, path: ctx.path }, 'request failed');
@@ -65,23 +101,7 @@ export function createApp(services: Services): Koa {
   const routes = new RouteTable(provider);
   app.use(finalAnswers(routes));
 
-  const health = new Router();
-  health.get('/healthz', async (ctx) => {
-    const checks = await Promise.allSettled([
-      services.connection.db!.admin().ping(),
-      services.redis ? services.redis.ping() : Promise.resolve('skipped'),
-    ]);
-    const [mongo, redis] = checks.map((c) => (c.status === 'fulfilled' ? 'ok' : 'down'));
-    // Only MongoDB is essential: without Redis the provider keeps serving (see services.ts), so
-    // a Redis outage must not take every instance out of the load balancer.
-    ctx.status = mongo === 'ok' ? 200 : 503;
-    ctx.set('Cache-Control', 'no-store');
-    ctx.body = {
-      status: mongo !== 'ok' ? 'down' : redis === 'down' ? 'degraded' : 'ok',
-      mongodb: mongo,
-      redis: services.redis ? redis : 'not configured',
-    };
-  });
+  const health = healthRoutes({ database: services.database, redisState: () => REDIS_HEALTH[services.limiters.state()], draining: lifecycle.draining });
   app.use(health.routes());
   const home = homePage(config.issuer);
   app.use(home.routes());
@@ -111,8 +131,14 @@ export function createApp(services: Services): Koa {
   app.use(account.allowedMethods());
   routes.add(account);
 
-  app.use(staticDocuments(['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
+  app.use(staticDocuments(config.issuer, ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
   app.use(tokenRateLimit(services.rateLimits));
+  app.use(refuseEncodedBodies);
+  app.use(async (ctx, next) => {
+    await next();
+    // oidc-provider's temporarily_unavailable (src/oidc/provider.ts) lacks the header.
+    if (ctx.status === 503) ctx.set('Retry-After', ctx.response.get('Retry-After') || String(RETRY_AFTER_SECONDS));
+  });
   app.use(mount(provider));
-  return app;
+  return Object.assign(app, { guards });
 }

@@ -8,7 +8,7 @@
  * names where it is.
  */
 import { bodyParser } from '@koa/bodyparser';
-import type { Middleware } from 'koa';
+import type { Context, Middleware } from 'koa';
 import { ApiProblem, type FieldError } from './problem.ts';
 import { isWellFormed, pointerTo } from './schema.ts';
 
@@ -60,12 +60,40 @@ export function parseJsonText(raw: string): unknown {
   return value;
 }
 
+const READABLE_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii']);
+
+/**
+ * A body that could not be read, as a problem. co-body's errors are not fit to pass on: a parse
+ * error carries the raw body (err.body), a corrupt gzip/deflate/br body fails in zlib with no status
+ * (it was a 500), and an unknown Content-Encoding is a 415 without `expose`. Only our own misuse of
+ * the parser stays a 500.
+ */
+function bodyProblem(error: unknown, ctx: Context): never {
+  const { status, type } = error as { status?: unknown; type?: unknown };
+  // The rest of a refused body may still be on its way: do not read it to keep the connection.
+  ctx.set('Connection', 'close');
+  if (status === 413) throw new ApiProblem('payload-too-large', 413, 'The request body is too large.');
+  if (status === 415) throw new ApiProblem('unsupported-media-type', 415, 'The request body\'s Content-Encoding is not supported: send it as identity, gzip, deflate or br.');
+  if (type === 'stream.encoding.set') throw new Error('the request stream was given an encoding before the body parser read it');
+  throw badBody('could not be read', [{ pointer: '', detail: 'could not be read (cut short, or corrupt compressed data)' }]);
+}
+
 /** Reads an application/json body of at most `limit` and puts the parsed value on ctx.request.body. */
 export function jsonBody(limit: string): Middleware {
-  const read = bodyParser({ enableTypes: ['text'], extendTypes: { text: ['application/json'] }, textLimit: limit, encoding: 'latin1' });
-  return (ctx, next) => read(ctx, async () => {
-    const raw = ctx.request.body;
-    if (typeof raw === 'string' && ctx.is('application/json')) ctx.request.body = raw === '' ? undefined : parseJsonText(raw);
-    await next();
+  const read = bodyParser({
+    enableTypes: ['text'], extendTypes: { text: ['application/json'] }, textLimit: limit, encoding: 'latin1', onError: bodyProblem,
   });
+  return (ctx, next) => {
+    const charset = ctx.request.charset.toLowerCase();
+    // Decoded as UTF-8 whatever it says (RFC 8259 8.1): a body declared in another charset would be misread.
+    if (charset && !READABLE_CHARSETS.has(charset) && ctx.is('application/json')) {
+      ctx.set('Connection', 'close');
+      throw new ApiProblem('unsupported-media-type', 415, 'Send the request body as UTF-8 application/json.');
+    }
+    return read(ctx, async () => {
+      const raw = ctx.request.body;
+      if (typeof raw === 'string' && ctx.is('application/json')) ctx.request.body = raw === '' ? undefined : parseJsonText(raw);
+      await next();
+    });
+  };
 }
