@@ -33,7 +33,9 @@ export interface Config {
     readonly requestTimeoutMs: number;
     /** How long an idle keep-alive connection stays open. */
     readonly keepAliveTimeoutMs: number;
-    /** On SIGTERM, how long requests in flight may take before connections are cut. */
+    /** On SIGTERM, how long to keep taking requests while readiness already fails. */
+    readonly shutdownDelayMs: number;
+    /** Then, how long requests in flight may take before connections are cut. */
     readonly shutdownGraceMs: number;
   };
   /** Undefined means "run without Redis" (never in production). */
@@ -270,6 +272,7 @@ function readHttp(r: Reader): Config['http'] {
     headersTimeoutMs: seconds('HTTP_HEADERS_TIMEOUT_SECONDS', 15, 1, 600),
     requestTimeoutMs: seconds('HTTP_REQUEST_TIMEOUT_SECONDS', 30, 1, 3600),
     keepAliveTimeoutMs: seconds('HTTP_KEEP_ALIVE_TIMEOUT_SECONDS', 5, 1, 600),
+    shutdownDelayMs: seconds('SHUTDOWN_DELAY_SECONDS', 0, 0, 300),
     shutdownGraceMs: seconds('SHUTDOWN_GRACE_SECONDS', 10, 0, 3600),
   };
   // Node refuses a headers timeout longer than the whole request's.

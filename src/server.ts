@@ -47,13 +47,15 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     url: `http://${config.host.includes(':') ? `[${config.host}]` : config.host}:${port}`,
     services,
     /**
-     * Graceful: readiness fails and every answer asks for its connection to be closed; no new
-     * connections are taken and idle ones close; requests in flight get SHUTDOWN_GRACE_SECONDS,
+     * Graceful: readiness fails and every answer asks for its connection to be closed; after
+     * SHUTDOWN_DELAY_SECONDS no new connections are taken and idle ones close; requests in flight get SHUTDOWN_GRACE_SECONDS,
      * then whatever is left is cut and the connections closed (neither waits on a hung database).
      */
     close() {
       closing ??= (async () => {
         draining = true;
+        // Load balancers that learn of the shutdown from readiness keep sending for a while.
+        if (limits.shutdownDelayMs > 0) await delay(limits.shutdownDelayMs);
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
         // idle() ends before the last answer is written; `closed` once it is out and its connection gone.

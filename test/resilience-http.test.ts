@@ -277,6 +277,20 @@ describe('graceful shutdown on SIGTERM (the provider as a process)', () => {
     expect(secondsSince(sigterm)).toBeLessThan(GRACE - 0.5);
   });
 
+  it('with SHUTDOWN_DELAY_SECONDS, keeps taking new connections while readiness says draining, then exits 0', async () => {
+    const server = await startChild({ SHUTDOWN_DELAY_SECONDS: '2' });
+    const sigterm = await terminate(server);
+    // A new connection during the delay is accepted and told the instance is draining.
+    const late = await RawConnection.open(server.url);
+    const ready = await late.get('/healthz/ready');
+    expect(ready.status).toBe(503);
+    expect(JSON.parse(ready.body)).toMatchObject({ status: 'draining' });
+    expect(ready.headers.connection).toBe('close');
+    expect(secondsSince(sigterm)).toBeLessThan(1.5);
+    expect(await within(server.exited, 8000)).toBe(0);
+    expect(secondsSince(sigterm)).toBeGreaterThan(1.9);
+  });
+
   it('exits 0 at once when nothing is in flight, closing idle keep-alive connections', async () => {
     const server = await startChild();
     const idle = await RawConnection.open(server.url);
