@@ -178,7 +178,7 @@ export async function openServices(config: Config, logger: Logger, options: Open
     const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
     await mfa.ensureIndexes();
     const audit = new AuditLog(connection, logger);
-    const documents = new DocumentService(connection, accounts, logger);
+    const documents = new DocumentService(connection, accounts, logger, audit);
     await documents.ensureIndexes();
     // Shares waiting for an address go to an account only once it has proven that address.
     accounts.onEmailVerified(async (account) => {
@@ -251,6 +251,7 @@ export async function startServices(config: Config, logger: Logger): Promise<{ s
     maintenance.unref();
     stops.push(() => clearInterval(maintenance));
     stops.push(services.mailer.startWorker());
+    stops.push(services.documents.startAuditRelay());
   } catch (error) {
     await stopAll();
     await services.close();

@@ -82,6 +82,33 @@ export class AuditLog {
     }
   }
 
+  /**
+   * An event with its id and time fixed now, to be stored with the change it describes (in the
+   * same database write) and written here later with writeOnce.
+   */
+  static event(event: NewAuditEvent, at = new Date()): AuditEvent {
+    return { _id: uuidv7(at.getTime()), at, ...event };
+  }
+
+  /**
+   * Writes events that may have been written before (by another request or a relay): each id is
+   * stored once. Unlike record, a failure is thrown: the caller keeps the events to retry.
+   */
+  async writeOnce(events: readonly AuditEvent[]): Promise<void> {
+    if (events.length === 0) return;
+    const ids = events.map((event) => event._id);
+    const stored = await this.events.find({ _id: { $in: ids } }, { projection: { _id: 1 } }).toArray();
+    const present = new Set(stored.map((event) => event._id));
+    for (const event of events) {
+      if (present.has(event._id)) continue;
+      try {
+        await this.events.insertOne(event);
+      } catch (error) {
+        if ((error as { code?: unknown }).code !== 11000) throw error;
+      }
+    }
+  }
+
   /** The latest `limit` events matching the filter, oldest first (like `tail`). */
   async tail(filter: TailFilter): Promise<AuditEvent[]> {
     const query: Record<string, unknown> = {};

@@ -1,5 +1,6 @@
 /** How documents are stored. The API's representation is built from these in presenter.ts. */
 import type { Types } from 'mongoose';
+import type { AuditEvent } from '../audit/log.ts';
 
 export type ShareRole = 'viewer' | 'editor';
 
@@ -45,6 +46,22 @@ export interface DocumentRecord {
   version: number;
   createdAt: Date;
   updatedAt: Date;
+  /**
+   * The audit events of the writes that produced this state, stored in the same write as the
+   * change itself, so no acknowledged change can lack its record. They are copied to
+   * audit_events (under these ids, so copying twice stores one) and then removed: see
+   * audit-outbox.ts. Absent on documents written before the outbox existed.
+   */
+  pendingAudit?: AuditEvent[];
+  /** Set by a delete: the document is gone for every read; the outbox then removes it. */
+  deletedAt?: Date;
+  /**
+   * Created with an Idempotency-Key that is valid until then: deleted before that, the document
+   * stays as a tombstone so that a retry of its creation finds it instead of creating it again.
+   */
+  idempotentUntil?: Date;
+  /** A tombstone (content removed) kept until then; see idempotentUntil. */
+  tombstoneUntil?: Date;
 }
 
 /**

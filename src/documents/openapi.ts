@@ -5,6 +5,7 @@
  */
 import type { Config } from '../config.ts';
 import { PROBLEM_TITLES, problemType, type ProblemCode } from './problem.ts';
+import { KEY_LIFETIME_MS } from './idempotency.ts';
 import { LIMITS, PATTERNS } from './schema.ts';
 
 const ref = (name: string) => ({ $ref: `#/components/schemas/${name}` });
@@ -37,12 +38,32 @@ const PROBLEM_RESPONSES: Record<number, { description: string; codes: ProblemCod
   403: { description: 'Missing scope, or the caller may not do this to this document', codes: ['insufficient-scope', 'forbidden'] },
   404: { description: 'No such document, or not visible to the caller', codes: ['not-found'] },
   405: { description: 'Method not allowed', codes: ['method-not-allowed'] },
-  409: { description: 'Concurrent changes kept this one from being applied; retry', codes: ['conflict'] },
+  409: {
+    description: 'Concurrent changes kept this one from being applied, or a request with the same Idempotency-Key is still '
+      + 'being processed; retry (after Retry-After, when given)',
+    codes: ['conflict', 'idempotency-key-in-use'],
+  },
   412: { description: 'If-Match does not match the current ETag', codes: ['precondition-failed'] },
   413: { description: 'Body or file too large', codes: ['payload-too-large'] },
   415: { description: 'Unsupported Content-Type or Content-Encoding', codes: ['unsupported-media-type'] },
+  422: { description: 'The Idempotency-Key was used before for a request with different content', codes: ['idempotency-key-reused'] },
   500: { description: 'Unexpected server error', codes: ['server-error'] },
-  503: { description: "The provider's keys cannot be fetched, so no token can be verified (see Retry-After)", codes: ['server-error'] },
+  503: {
+    description: "A part the API depends on (the database, or the provider's keys for verifying tokens) is not answering; "
+      + 'retry after Retry-After',
+    codes: ['server-error', 'service-unavailable'],
+  },
+};
+
+const retryAfter = { description: 'Seconds to wait before retrying', schema: { type: 'string', pattern: '^[0-9]+$' } };
+
+/** Headers of the problem responses, by status. */
+const PROBLEM_HEADERS: Record<string, Record<string, unknown>> = {
+  401: { 'WWW-Authenticate': { description: 'RFC 6750 challenge (for token and scope problems)', schema: { type: 'string' } } },
+  403: { 'WWW-Authenticate': { description: 'RFC 6750 challenge (for token and scope problems)', schema: { type: 'string' } } },
+  405: { Allow: { description: 'The methods this path supports (RFC 9110 15.5.6)', required: true, schema: { type: 'string' } } },
+  409: { 'Retry-After': retryAfter },
+  503: { 'Retry-After': retryAfter },
 };
 
 function problems(...statuses: number[]) {
@@ -116,11 +137,19 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         post: {
           operationId: 'createDocument',
           summary: 'Create a document owned by the caller',
+          description: 'Send an Idempotency-Key to make retrying safe: a retry with the same key and content (by the same '
+            + 'caller) creates nothing new and answers as the first request did, even when that answer was lost.',
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          parameters: [{ $ref: '#/components/parameters/IdempotencyKey' }],
           requestBody: { required: true, content: json(ref('DocumentCreate')) },
           responses: {
-            201: { description: 'Created', headers: { Location: headers.Location, ETag: headers.ETag }, content: json(written) },
-            ...problems(400, ...AUTHED, 413, 415),
+            201: {
+              description: 'Created; for a retry with the Idempotency-Key of a completed request, that request\'s answer: '
+                + 'the document as it was created, with the same Location and ETag',
+              headers: { Location: headers.Location, ETag: headers.ETag },
+              content: json(written),
+            },
+            ...problems(400, ...AUTHED, 409, 413, 415, 422),
           },
         },
       },
@@ -139,6 +168,9 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         patch: {
           operationId: 'updateDocument',
           summary: 'Change title, content and/or tags (owner, editor or admin)',
+          description: 'With If-Match, applied only to that version (412 otherwise). Without it, applied to the current '
+            + 'version, waiting for concurrent changes to finish: the last writer wins, and 409 is answered only when the '
+            + 'document stays busy for seconds.',
           security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
           parameters: [{ $ref: '#/components/parameters/IfMatch' }],
           requestBody: { required: true, content: json(ref('DocumentPatch')) },
@@ -242,16 +274,23 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
       parameters: {
         DocumentId: { name: 'id', in: 'path', required: true, schema: documentIdSchema },
         IfMatch: { name: 'If-Match', in: 'header', description: 'Apply only if the document still has this ETag', schema: { type: 'string' } },
+        IdempotencyKey: {
+          name: 'Idempotency-Key', in: 'header', required: false,
+          description: 'Optional; draft-ietf-httpapi-idempotency-key-header. A quoted string (RFC 8941 sf-string) of 1 to 255 '
+            + 'printable ASCII characters that is unique to the request, e.g. "8e03978e-40d5-43e8-bc93-6894a57f9324" (a random '
+            + `UUID is recommended). Keys are the caller's own (per user and client) and are kept for ${KEY_LIFETIME_MS / 3_600_000} `
+            + 'hours from the first request; a later request with an expired key is a new request. A retry with the same key '
+            + 'and the same content answers as the first request did (201, the same document, Location and ETag) and creates '
+            + 'nothing; with different content it answers 422; while the first request is still being processed, 409 with '
+            + 'Retry-After. A key that is not a valid sf-string answers 400.',
+          schema: { type: 'string', pattern: PATTERNS.idempotencyKey },
+        },
       },
       responses: Object.fromEntries(Object.entries(PROBLEM_RESPONSES).map(([status, { description, codes }]) => [
         `Problem${status}`,
         {
           description,
-          headers: status === '401' || status === '403'
-            ? { 'WWW-Authenticate': { description: 'RFC 6750 challenge (for token and scope problems)', schema: { type: 'string' } } }
-            : status === '405'
-              ? { Allow: { description: 'The methods this path supports (RFC 9110 15.5.6)', required: true, schema: { type: 'string' } } }
-              : undefined,
+          headers: PROBLEM_HEADERS[status],
           content: {
             'application/problem+json': {
               schema: {

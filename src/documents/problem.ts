@@ -6,7 +6,7 @@
 export type ProblemCode =
   | 'bad-request' | 'validation-error' | 'invalid-token' | 'insufficient-scope' | 'forbidden' | 'not-found'
   | 'method-not-allowed' | 'conflict' | 'precondition-failed' | 'payload-too-large' | 'unsupported-media-type'
-  | 'server-error';
+  | 'idempotency-key-in-use' | 'idempotency-key-reused' | 'server-error' | 'service-unavailable';
 
 export const PROBLEM_TITLES: Record<ProblemCode, string> = {
   'bad-request': 'The request is malformed',
@@ -20,7 +20,10 @@ export const PROBLEM_TITLES: Record<ProblemCode, string> = {
   'precondition-failed': 'The document has changed since you read it',
   'payload-too-large': 'The request body is too large',
   'unsupported-media-type': 'The media type is not supported',
+  'idempotency-key-in-use': 'A request with this Idempotency-Key is still being processed',
+  'idempotency-key-reused': 'This Idempotency-Key was used for a different request',
   'server-error': 'Something went wrong on our side',
+  'service-unavailable': 'The service is temporarily unavailable',
 };
 
 export const problemType = (code: ProblemCode): string => `tag:oidc-idp,2026:problems:${code}`;
@@ -59,3 +62,11 @@ export class ApiProblem extends Error {
 }
 
 export const notFound = () => new ApiProblem('not-found', 404, 'No document with this id exists or it is not shared with you.');
+
+/**
+ * The answer for an error that is not an ApiProblem, a client error or an unavailable database
+ * (which the app's error layer answers with 503, see src/http/unavailable.ts): a bug, logged in full.
+ */
+export function unexpectedProblem(_error: unknown): ApiProblem {
+  return new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
+}

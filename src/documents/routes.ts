@@ -1,7 +1,8 @@
 /**
  * The documents API (a resource server) under /api: thin handlers that validate, call the
- * service, audit and present. Everything under /api answers application/problem+json on error,
- * including unknown paths and methods, and every refused access is written to the audit log.
+ * service and present. Everything under /api answers application/problem+json on error,
+ * including unknown paths and methods. Every change is audited by the service, in the same write
+ * as the change (audit-outbox.ts); every refused access is audited here.
  */
 import Router, { type RouterContext } from '@koa/router';
 import compose from 'koa-compose';
@@ -13,12 +14,16 @@ import { ROUTED_METHODS, RouteTable, UNKNOWN_PATH_ALLOW } from '../http/methods.
 import { cors } from '../security/cors.ts';
 import { jsonBody } from './json-body.ts';
 import { buildOpenApi } from './openapi.ts';
-import { ApiProblem } from './problem.ts';
+import { ifNoneMatchSatisfied } from './conditions.ts';
+import { tooLarge } from './files.ts';
+import { idempotencyKeyOf } from './idempotency.ts';
+import { isUnavailable } from '../http/unavailable.ts';
+import { ApiProblem, unexpectedProblem } from './problem.ts';
 import { etagOf, presentDocument, presentShare, presentSummary } from './presenter.ts';
 import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, queryOf, shareBody, userId, validate,
 } from './schema.ts';
-import { ifNoneMatchSatisfied, tooLarge, type DocumentService, type Visible } from './service.ts';
+import type { DocumentService, RequestInfo, Visible } from './service.ts';
 import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
 
 export interface DocumentsApiDeps {
@@ -34,6 +39,7 @@ const WRITE = 'documents:write';
 
 const caller = (ctx: Context): Caller => ctx.state.caller as Caller;
 const ifMatch = (ctx: Context): string | undefined => ctx.get('if-match') || undefined;
+const requestInfo = (ctx: Context): RequestInfo => ({ ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null });
 
 /** The media type without parameters, lower-cased; text types keep a charset parameter. */
 function fileContentType(header: string | undefined, allowed: readonly string[]): string {
@@ -61,21 +67,20 @@ function requireJson(ctx: Context): void {
 export function documentsApi({ documents, verifier, audit, config, logger }: DocumentsApiDeps): Middleware {
   const openapi = JSON.stringify(buildOpenApi(config));
 
-  async function record(ctx: Context, action: string, target: string | null, outcome: 'success' | 'denied', reason?: string): Promise<void> {
+  /** A refused access (changes are audited by the service, with the change). */
+  async function recordDenial(ctx: Context, action: string, target: string | null, reason: string): Promise<void> {
     const who = ctx.state.caller as Caller | undefined;
     await audit.record({
       actor: { sub: who?.sub ?? null, clientId: who?.clientId ?? null },
-      action, target, outcome, ...(reason ? { reason } : {}),
-      ip: ctx.ip, requestId: (ctx.state.requestId as string | undefined) ?? null,
+      action, target, outcome: 'denied', reason, ...requestInfo(ctx),
     });
   }
 
   /**
-   * Answers a change with the document as it now is, after auditing it. A token that may write
-   * but not read gets the document without its content, which it may not otherwise see.
+   * Answers a change with the document as it now is. A token that may write but not read gets
+   * the document without its content, which it may not otherwise see.
    */
-  async function changed(ctx: Context, action: string, { doc, access }: Visible): Promise<void> {
-    await record(ctx, action, doc._id, 'success');
+  function changed(ctx: Context, { doc, access }: Visible): void {
     ctx.set('ETag', etagOf(doc));
     ctx.body = caller(ctx).scopes.has(READ) ? presentDocument(doc, access) : presentSummary(doc, access);
   }
@@ -96,9 +101,13 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
         else if (http.expose && http.status === 415) problem = new ApiProblem('unsupported-media-type', 415, 'Send the request body as application/json.');
         // Any other client error a parser raised (json-body.ts answers bad JSON itself).
         else if (error instanceof SyntaxError || (http.status && http.status < 500)) problem = new ApiProblem('bad-request', 400, 'The request body is not valid JSON.');
+        // The database not answering: the app's error layer answers 503 (src/http/unavailable.ts).
+        else if (isUnavailable(error)) throw error;
         else {
-          logger.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'documents API request failed');
-          problem = new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
+          problem = unexpectedProblem(error);
+          const where = { requestId: ctx.state.requestId, path: ctx.path };
+          if (problem.status === 500) logger.error({ err: error, ...where }, 'documents API request failed');
+          else logger.warn({ err: { name: (error as Error).name, message: (error as Error).message }, ...where }, 'documents API request not completed');
         }
       }
       ctx.status = problem.status;
@@ -113,7 +122,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       const action = (ctx as Partial<RouterContext>)._matchedRouteName;
       if (action && [401, 403, 404].includes(problem.status)) {
         const target = typeof ctx.params?.id === 'string' ? ctx.params.id : null;
-        await record(ctx, action, target, 'denied', problem.code);
+        await recordDenial(ctx, action, target, problem.code);
       }
     }
   };
@@ -129,8 +138,10 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     validate(noQuery, queryOf(ctx), 'query');
     requireJson(ctx);
     const input = validate(createBody, ctx.request.body, 'body');
-    const created = await documents.create(caller(ctx), input);
-    await changed(ctx, 'document.create', created);
+    const header = ctx.headers['idempotency-key'];
+    const key = idempotencyKeyOf(Array.isArray(header) ? header.join(', ') : header);
+    const created = await documents.create(caller(ctx), input, requestInfo(ctx), key);
+    changed(ctx, created);
     ctx.status = 201;
     ctx.set('Location', `/api/v1/documents/${created.doc._id}`);
   });
@@ -170,15 +181,14 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     const id = validate(documentId, ctx.params.id, 'path', 'id');
     requireJson(ctx);
     const patch = validate(patchBody, ctx.request.body, 'body');
-    await changed(ctx, 'document.update', await documents.update(caller(ctx), id, patch, ifMatch(ctx)));
+    changed(ctx, await documents.update(caller(ctx), id, patch, ifMatch(ctx), requestInfo(ctx)));
   });
 
   v1.delete('document.delete', '/documents/:id', async (ctx) => {
     requireScope(caller(ctx), WRITE);
     validate(noQuery, queryOf(ctx), 'query');
     const id = validate(documentId, ctx.params.id, 'path', 'id');
-    await documents.delete(caller(ctx), id, ifMatch(ctx));
-    await record(ctx, 'document.delete', id, 'success');
+    await documents.delete(caller(ctx), id, ifMatch(ctx), requestInfo(ctx));
     ctx.status = 204;
   });
 
@@ -194,7 +204,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     const declared = ctx.request.length;
     if (declared !== undefined && declared > config.documents.maxFileBytes) throw tooLarge(config.documents.maxFileBytes);
     const upload = { body: ctx.req, contentType, filename: filename ?? `document-${id}` };
-    await changed(ctx, 'document.file.upload', await documents.putFile(caller(ctx), id, upload, config.documents.maxFileBytes, ifMatch(ctx)));
+    changed(ctx, await documents.putFile(caller(ctx), id, upload, config.documents.maxFileBytes, ifMatch(ctx), requestInfo(ctx)));
   });
 
   v1.get('document.file.download', '/documents/:id/file', async (ctx) => {
@@ -226,8 +236,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     const id = validate(documentId, ctx.params.id, 'path', 'id');
     requireJson(ctx);
     const { email, role } = validate(shareBody, ctx.request.body, 'body');
-    const { share, created } = await documents.addShare(caller(ctx), id, email, role);
-    await record(ctx, 'document.share.add', id, 'success');
+    const { share, created } = await documents.addShare(caller(ctx), id, email, role, requestInfo(ctx));
     // 201 for a new share; 200 when an existing one only changed its role.
     ctx.status = created ? 201 : 200;
     if (created) ctx.set('Location', `/api/v1/documents/${id}/shares/${share.userId}`);
@@ -238,8 +247,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     requireScope(caller(ctx), WRITE);
     validate(noQuery, queryOf(ctx), 'query');
     const id = validate(documentId, ctx.params.id, 'path', 'id');
-    await documents.removeShare(caller(ctx), id, validate(userId, ctx.params.userId, 'path', 'userId'));
-    await record(ctx, 'document.share.remove', id, 'success');
+    await documents.removeShare(caller(ctx), id, validate(userId, ctx.params.userId, 'path', 'userId'), requestInfo(ctx));
     ctx.status = 204;
   });
 
@@ -275,8 +283,8 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     cors({
       origins: config.documents.corsOrigins,
       methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
-      allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match'],
-      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest', 'Allow'],
+      allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match', 'Idempotency-Key'],
+      exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest', 'Allow', 'Retry-After'],
       maxAgeSeconds: 600,
     }),
     async (ctx, next) => {

@@ -33,6 +33,11 @@ export const PATTERNS = {
   limit: '^[0-9]{1,3}$',
   uuidV7: UUID_V7.source,
   uuid: '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$',
+  /**
+   * Idempotency-Key: an RFC 8941 String, in double quotes: 1 to 255 printable ASCII characters,
+   * with a double quote or backslash escaped by a backslash.
+   */
+  idempotencyKey: '^"(?:[ !#-\\[\\]-~]|\\\\["\\\\]){1,255}"$',
   /** The address rule of isValidEmail (accounts/service.ts): at most 64 characters before the @. */
   email: "^(?=[^@]{1,64}@)[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*@([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?\\.)+[A-Za-z]{2,63}$",
 } as const;

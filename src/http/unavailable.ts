@@ -6,7 +6,7 @@
  */
 import mongoose from 'mongoose';
 import type { Context } from 'koa';
-import { problemType, type ProblemCode } from '../documents/problem.ts';
+import { PROBLEM_TITLES, problemType } from '../documents/problem.ts';
 import { AppError } from './errors.ts';
 import { answerError } from './pages.ts';
 
@@ -52,7 +52,7 @@ export async function answerUnavailable(ctx: Context, retryAfterSeconds = RETRY_
   ctx.set('Cache-Control', 'no-store');
   if (ctx.path === '/api' || ctx.path.startsWith('/api/')) {
     ctx.type = 'application/problem+json';
-    ctx.body = { type: problemType('service-unavailable' as ProblemCode), title: 'The service is temporarily unavailable', status: 503, detail: MESSAGE };
+    ctx.body = { type: problemType('service-unavailable'), title: PROBLEM_TITLES['service-unavailable'], status: 503, detail: MESSAGE };
   } else if (isBrowser(ctx)) {
     await answerError(ctx, { status: 503, heading: 'Please try again in a moment', message: MESSAGE });
   } else {
