@@ -95,12 +95,8 @@ export class AuditLog {
    * stored once. Unlike record, a failure is thrown: the caller keeps the events to retry.
    */
   async writeOnce(events: readonly AuditEvent[]): Promise<void> {
-    if (events.length === 0) return;
-    const ids = events.map((event) => event._id);
-    const stored = await this.events.find({ _id: { $in: ids } }, { projection: { _id: 1 } }).toArray();
-    const present = new Set(stored.map((event) => event._id));
+    // The unique _id makes the insert itself the check: no read first (FerretDB would scan for an $in).
     for (const event of events) {
-      if (present.has(event._id)) continue;
       try {
         await this.events.insertOne(event);
       } catch (error) {

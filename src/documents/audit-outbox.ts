@@ -50,7 +50,7 @@ export class AuditOutbox {
     if (own && doc && doc.version !== own.version) return false;
     const pending = doc?.pendingAudit ?? [];
     if (!doc || pending.length === 0) return true;
-    await this.audit.writeOnce(pending);
+    await this.audit.writeOnce(pending.filter((event) => event._id !== own?.event._id));
     if (doc.deletedAt) await this.removeFiles(id);
     // Under the claim, so the update cannot overwrite a concurrent change on FerretDB; the
     // version stays, so the document's ETag does not change.
@@ -64,6 +64,21 @@ export class AuditOutbox {
       return (await this.documents.deleteOne(filter)).deletedCount === 1 || undefined;
     });
     return done === true;
+  }
+
+  /**
+   * finish() for a document just created, before its id is known to anyone else: no other writer
+   * can hold it (an idempotent retry only reads it), so no claim or version filter is needed to
+   * clear its event. By `_id` alone on purpose: FerretDB v1 uses its `_id` index only for a filter
+   * that has nothing else, and scans the whole collection otherwise.
+   */
+  async finishCreated(id: string, version: number, event: AuditEvent): Promise<void> {
+    try {
+      await this.audit.writeOnce([event]);
+      await this.documents.updateOne({ _id: id }, { $set: { pendingAudit: [] } });
+    } catch (error) {
+      this.logger.warn({ err: error, documentId: id }, 'finishing a document change failed; the audit relay will complete it');
+    }
   }
 
   /** finish() for a request whose change is already stored: a failure is only logged. */

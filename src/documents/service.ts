@@ -197,7 +197,7 @@ export class DocumentService {
   private async insert(caller: Caller, doc: DocumentRecord, info: RequestInfo): Promise<Visible> {
     const event = auditEvent(caller, 'document.create', doc._id, info);
     await this.documents.insertOne({ ...doc, pendingAudit: [event] });
-    await this.outbox.finishQuietly(doc._id, { version: doc.version, event });
+    await this.outbox.finishCreated(doc._id, doc.version, event);
     return { doc, access: 'owner' };
   }
 
