@@ -343,8 +343,12 @@ async function signInOnce(email: string, totp?: () => Promise<string>): Promise<
     const mfaForm = await expectForm(next, 'mfa');
     next = await browser.follow(await browser.post(mfaForm.action, { ...mfaForm.fields, code: await totp() }), issuer);
   }
-  const consentForm = await expectForm(next, 'consent');
-  const back = await browser.follow(await browser.post(consentForm.action, { ...consentForm.fields, decision: 'allow' }), issuer);
+  // Consent is asked once per account and client; later sign-ins go straight back with a code.
+  const remembered = next.headers.get('location')?.startsWith('http://127.0.0.1:9/cb') === true;
+  const back = remembered ? next : await (async () => {
+    const consentForm = await expectForm(next, 'consent');
+    return browser.follow(await browser.post(consentForm.action, { ...consentForm.fields, decision: 'allow' }), issuer);
+  })();
   const location = back.headers.get('location');
   const code = location ? new URL(location).searchParams.get('code') : null;
   if (!code) throw new Error(`sign-in ended without a code (${back.status}${location ? ` to ${location}` : ''})`);
