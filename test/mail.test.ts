@@ -14,6 +14,7 @@ import { loadConfig, type Config } from '../src/config.ts';
 import { freePort } from '../src/local/services.ts';
 import { createMailer, mailLifetimeMs, type MailMessage } from '../src/mail/mailer.ts';
 import { LEASE_COLLECTION, OUTBOX_COLLECTION } from '../src/mail/outbox.ts';
+import { createSealer } from '../src/mail/sealed.ts';
 import type { Logger } from '../src/observability/logger.ts';
 import { testMongoUri } from './support/env.ts';
 import { linkFrom, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
@@ -182,7 +183,7 @@ describe('with SMTP_URL', () => {
     expect(JSON.stringify(lines)).not.toContain('erin');
     expect(JSON.stringify(lines)).not.toContain(TOKEN);
     const [stored] = await outbox().find().toArray();
-    expect(stored).toMatchObject({ attempts: 1, to: 'erin@example.com' });
+    expect(stored).toMatchObject({ attempts: 1, sealed: expect.any(Object) });
     expect((stored!.nextAttemptAt as Date).getTime()).toBeGreaterThan(Date.now());
   });
 
@@ -192,6 +193,111 @@ describe('with SMTP_URL', () => {
     expect(stored).toEqual([expect.objectContaining({ sentAt: expect.any(Date), template: 'reset-password' })]);
     expect(JSON.stringify(stored)).not.toContain('fred');
     expect(JSON.stringify(stored)).not.toContain(TOKEN);
+  });
+});
+
+describe('sealed at rest', () => {
+  const OLD_KEY = 'old-cookie-key-'.padEnd(40, 'o');
+  const NEW_KEY = 'new-cookie-key-'.padEnd(40, 'n');
+  let capture: SmtpCapture;
+  const withKeys = (...keys: string[]) => loadConfig({ NODE_ENV: 'test', SMTP_URL: capture.url, COOKIE_KEYS: keys.join(',') });
+  const resetFor = (to: string): MailMessage => ({ to, template: 'reset-password', data: { name: 'Alice Liddell', link: RESET, expiresInMinutes: 30 } });
+
+  beforeAll(async () => {
+    capture = await startSmtpCapture();
+  });
+  afterAll(() => capture.close());
+  beforeEach(() => capture.clear());
+
+  test('a queued message holds neither its recipient, name, subject nor link in the clear, and arrives intact', async () => {
+    const mailer = createMailer(withKeys(NEW_KEY), memoryLogger().logger, connection);
+    await mailer.send(resetFor('alice@example.com'));
+
+    const raw = await outbox().find().toArray();
+    expect(raw).toHaveLength(1);
+    expect(Object.keys(raw[0]!).sort()).toEqual(['_id', 'attempts', 'createdAt', 'expiresAt', 'messageId', 'nextAttemptAt', 'sealed', 'template']);
+    expect(raw[0]!.sealed).toEqual({ key: expect.stringMatching(/^[\w-]{11}$/), box: expect.any(String) });
+    // Neither in the document nor in the box merely encoded.
+    const dump = JSON.stringify(raw) + Buffer.from((raw[0]!.sealed as { box: string }).box, 'base64url').toString('latin1');
+    for (const secret of ['alice', 'Liddell', 'Reset your password', TOKEN, 'token=']) expect(dump).not.toContain(secret);
+
+    expect(await mailer.deliverDue()).toBe(1);
+    const mail = await capture.waitFor((m) => m.to.includes('alice@example.com'));
+    expect(mail.subject).toBe('Reset your password');
+    expect(linkFrom(mail.text, '/reset-password')).toBe(RESET);
+    expect(mail.html).toContain(`href="${escapeHtml(RESET)}"`);
+    expect(mail.text).toContain('Alice Liddell');
+  });
+
+  test('the development outbox seals the copy of the link it logs, too', async () => {
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'oidc-idp-mail-'));
+    try {
+      const mailer = createMailer(loadConfig({ NODE_ENV: 'development', LOCAL_DATA_DIR: dataDir }), memoryLogger().logger, connection);
+      await mailer.send(resetFor('alice@example.com'));
+      const raw = await outbox().find().toArray();
+      expect(raw).toEqual([expect.objectContaining({ sealed: expect.any(Object) })]);
+      expect(raw[0]).not.toHaveProperty('link');
+      expect(JSON.stringify(raw)).not.toContain(TOKEN);
+    } finally {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+  });
+
+  test('after a new key is put in front, mail sealed with the old one still goes out; new mail is sealed with the new one', async () => {
+    await createMailer(withKeys(OLD_KEY), memoryLogger().logger, connection).send(resetFor('before@example.com'));
+    const rotated = createMailer(withKeys(NEW_KEY, OLD_KEY), memoryLogger().logger, connection);
+    await rotated.send(resetFor('after@example.com'));
+    const keyIds = (await outbox().find().sort({ createdAt: 1 }).toArray()).map((record) => (record.sealed as { key: string }).key);
+    expect(new Set(keyIds).size).toBe(2);
+
+    expect(await rotated.deliverDue()).toBe(2);
+    for (const to of ['before@example.com', 'after@example.com']) {
+      const mail = await capture.waitFor((m) => m.to.includes(to));
+      expect(linkFrom(mail.text, '/reset-password')).toBe(RESET);
+    }
+    // What `after` was sealed with is the new key alone.
+    await rotated.send(resetFor('again@example.com'));
+    expect(await createMailer(withKeys(NEW_KEY), memoryLogger().logger, connection).deliverDue()).toBe(1);
+  });
+
+  test('a message no configured key opens, or whose sealed content was moved onto another message, is dropped with a warning naming only its template and id', async () => {
+    await createMailer(withKeys(OLD_KEY), memoryLogger().logger, connection).send(resetFor('retired@example.com'));
+    const current = createMailer(withKeys(NEW_KEY), memoryLogger().logger, connection);
+    await current.send(resetFor('first@example.com'));
+    await current.send(resetFor('second@example.com'));
+    const [, first, second] = await outbox().find().sort({ createdAt: 1 }).toArray();
+    // The first message's content under the second's id: the key matches, the message id does not.
+    await outbox().updateOne({ _id: second!._id }, { $set: { sealed: first!.sealed } });
+
+    const { logger, lines } = memoryLogger();
+    expect(await createMailer(withKeys(NEW_KEY), logger, connection).deliverDue()).toBe(1);
+    await capture.waitFor((m) => m.to.includes('first@example.com'));
+    expect(capture.messages.map((m) => m.to)).toEqual([['first@example.com']]);
+
+    const dropped = lines.filter((line) => /cannot be unsealed/.test(String(line.msg)));
+    expect(dropped).toHaveLength(2);
+    for (const line of dropped) {
+      expect(Object.keys(line).sort()).toEqual(['hostname', 'level', 'messageId', 'msg', 'pid', 'template', 'time']);
+      expect(line).toMatchObject({ level: 40, template: 'reset-password' });
+    }
+    expect(await outbox().countDocuments({ sentAt: { $exists: false } })).toBe(0);
+  });
+
+  test('each seal draws a fresh IV, and an altered box opens to nothing', () => {
+    const sealer = createSealer([NEW_KEY]);
+    const once = sealer.seal('id-1', 'secret');
+    const twice = sealer.seal('id-1', 'secret');
+    expect(once.key).toBe(twice.key);
+    expect(once.box).not.toBe(twice.box);
+    expect(Buffer.from(once.box, 'base64url').subarray(0, 12)).not.toEqual(Buffer.from(twice.box, 'base64url').subarray(0, 12));
+    expect(sealer.open('id-1', once)).toBe('secret');
+
+    const bytes = Buffer.from(once.box, 'base64url');
+    bytes[14]! ^= 1;
+    expect(sealer.open('id-1', { key: once.key, box: bytes.toString('base64url') })).toBeUndefined();
+    expect(sealer.open('id-2', once)).toBeUndefined();
+    expect(createSealer([OLD_KEY]).open('id-1', once)).toBeUndefined();
+    expect(sealer.open('id-1', undefined)).toBeUndefined();
   });
 });
 

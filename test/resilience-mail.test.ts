@@ -3,7 +3,6 @@
  * and come back on the same port, two workers sharing one database, claims of a worker that died,
  * messages that outlive their links, a database that stops answering, and the real app.
  */
-import net from 'node:net';
 import mongoose from 'mongoose';
 import { pino } from 'pino';
 import { loadConfig } from '../src/config.ts';
@@ -14,7 +13,7 @@ import { Browser, readForm } from './support/browser.ts';
 import { testMongoUri } from './support/env.ts';
 import { startFaultyMongo } from './support/faults.ts';
 import { startTestServer } from './support/server.ts';
-import { linkFrom, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
+import { linkFrom, startSilentServer, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
 
 const TOKEN = 'rS4_-'.repeat(9);
 const RESET = `https://id.example.com/reset?token=${TOKEN}&email=alice%40example.com`;
@@ -78,23 +77,19 @@ describe('one worker', () => {
   }
 
   test('an SMTP server that hangs, then refuses, then is back on the same port: sends return at once, the mail arrives once, its link intact', async () => {
-    // Accepts connections and never says a word, like a server that is stuck.
-    const held = new Set<net.Socket>();
-    const hung = net.createServer((socket) => void held.add(socket));
-    await new Promise<void>((resolve) => hung.listen(0, '127.0.0.1', resolve));
-    const { port } = hung.address() as net.AddressInfo;
+    const hung = await startSilentServer();
+    const { port } = hung;
     const { logger, lines } = memoryLogger();
     // Without the outbox a send would wait out the greeting timeout.
-    const mailer = await running({ SMTP_URL: `smtp://127.0.0.1:${port}?greetingTimeout=5000` }, logger);
+    const mailer = await running({ SMTP_URL: `${hung.url}?greetingTimeout=5000` }, logger);
 
     expect(await timed(mailer.send(reset('alice@example.com')))).toBeLessThan(2000);
-    await waitUntil('the worker to reach the hung server', () => held.size > 0);
+    await waitUntil('the worker to reach the hung server', () => hung.connections.length > 0);
     expect(await timed(mailer.send(reset('bob@example.com')))).toBeLessThan(2000);
     await waitUntil('a timed-out attempt', () => lines.some((line) => line.code === 'ETIMEDOUT'), 20_000);
 
     // Gone: connections are refused.
-    for (const socket of held) socket.destroy();
-    await new Promise((resolve) => hung.close(resolve));
+    await hung.close();
     await waitUntil('a refused attempt', () => lines.some((line) => line.originalCode === 'ECONNREFUSED'));
     expect(await unsent()).toBe(2);
 
@@ -116,6 +111,7 @@ describe('one worker', () => {
     }
     const failures = lines.filter((line) => line.msg === 'mail not sent; will retry');
     expect(failures.length).toBeGreaterThanOrEqual(2);
+    expect(lines).toContainEqual(expect.objectContaining({ level: 30, msg: 'mail worker: the SMTP server answers again' }));
     expect(failures.every((line) => line.level === 40 && line.template === 'reset-password' && typeof line.messageId === 'string')).toBe(true);
     expect(JSON.stringify(lines)).not.toMatch(/alice|bob|rS4_/);
   }, 60_000);
@@ -162,7 +158,9 @@ describe('one worker', () => {
         expect.objectContaining({ level: 50, msg: 'mail refused by the SMTP server; dropped', template: 'reset-password', responseCode: 550 }),
         expect.objectContaining({ level: 40, msg: 'mail not sent; will retry', template: 'reset-password', responseCode: 451, attempts: 1 }),
       ]));
-      expect(await connection.collection(OUTBOX_COLLECTION).find().toArray()).toEqual([expect.objectContaining({ to: 'later@example.com', attempts: 1 })]);
+      // A refusal of one message is not the server failing: the pass went on to the next one.
+      const deferred = lines.find((line) => line.responseCode === 451)!;
+      expect(await connection.collection(OUTBOX_COLLECTION).find().toArray()).toEqual([expect.objectContaining({ messageId: deferred.messageId, attempts: 1 })]);
 
       deferring = false;
       stops.push(mailer.startWorker());
@@ -174,6 +172,68 @@ describe('one worker', () => {
       await smtp.close();
     }
   });
+
+  test('an SMTP server that never greets costs one timeout per pass, and only the message tried is charged an attempt', async () => {
+    const hung = await startSilentServer();
+    try {
+      const { logger, lines } = memoryLogger();
+      const mailer = createMailer(loadConfig({ NODE_ENV: 'test', ...RETRY, SMTP_URL: `${hung.url}?greetingTimeout=1000` }), logger, connection);
+      for (let i = 0; i < 5; i += 1) await mailer.send(reset(`queued${i}@example.com`));
+      const before = Date.now();
+
+      // Trying all five would take five greeting timeouts.
+      expect(await timed(mailer.deliverDue().then(() => undefined))).toBeLessThan(3000);
+      expect(hung.connections).toHaveLength(1);
+      expect(lines.filter((line) => line.msg === 'mail not sent; will retry')).toEqual([expect.objectContaining({ code: 'ETIMEDOUT', attempts: 1 })]);
+      const stored = await connection.collection(OUTBOX_COLLECTION).find().toArray();
+      expect(stored.map((record) => record.attempts as number).sort()).toEqual([0, 0, 0, 0, 1]);
+      // The four not tried are still due now, not pushed back.
+      expect(stored.filter((record) => record.attempts === 0).every((record) => (record.nextAttemptAt as Date).getTime() <= before)).toBe(true);
+    } finally {
+      await hung.close();
+    }
+  }, 30_000);
+
+  test('the worker backs off from a silent SMTP server as a whole, new mail does not cut the wait short, and everything goes out once it is back', async () => {
+    const hung = await startSilentServer();
+    const { logger, lines } = memoryLogger();
+    // Backoff 1, 2, 4, 4 s (less up to a quarter), each after a 300 ms greeting timeout.
+    const mailer = await running({ MAIL_RETRY_BASE_SECONDS: '1', MAIL_RETRY_MAX_SECONDS: '4', SMTP_URL: `${hung.url}?greetingTimeout=300` }, logger);
+    let stop: (() => Promise<void>) | undefined = stops.pop();
+    const recipients = Array.from({ length: 5 }, (_, i) => `waiting${i}@example.com`);
+    try {
+      for (const to of recipients) await mailer.send(reset(to));
+      await waitUntil('a second pass', () => hung.connections.length >= 2, 10_000);
+      // Mid-backoff: a new message wakes the worker, which must keep waiting.
+      recipients.push('late@example.com');
+      await mailer.send(reset('late@example.com'));
+      await waitUntil('a fourth pass', () => hung.connections.length >= 4, 20_000);
+      await stop!();
+      stop = undefined;
+
+      const gaps = hung.connections.slice(1).map((at, i) => at - hung.connections[i]!);
+      // Not one connection per queued message (those would follow each other every 300 ms).
+      expect(gaps.every((gap) => gap > 700)).toBe(true);
+      // The third wait is 3 to 4 s; without backoff it would be the 1 s poll.
+      expect(gaps[2]).toBeGreaterThan(2500);
+      const stored = await connection.collection(OUTBOX_COLLECTION).find().toArray();
+      // One attempt charged per connection, none to the messages that waited.
+      expect(stored.reduce((sum, record) => sum + (record.attempts as number), 0)).toBe(hung.connections.length);
+      expect(lines.filter((line) => /backing off/.test(String(line.msg)))).toEqual([expect.objectContaining({ level: 40 })]);
+    } finally {
+      await stop?.();
+      await hung.close();
+    }
+
+    const smtp = await startSmtpCapture({ port: hung.port });
+    try {
+      stops.push(mailer.startWorker());
+      await waitUntil('every message to arrive', () => recipients.every((to) => addressed(smtp, to).length === 1), 20_000);
+      for (const to of recipients) expect(linkFrom(addressed(smtp, to)[0]!.text, '/reset')).toBe(RESET);
+    } finally {
+      await smtp.close();
+    }
+  }, 60_000);
 });
 
 describe('several workers on one database', () => {
@@ -252,6 +312,40 @@ test('while MongoDB does not answer, sends return within seconds without throwin
     expect(addressed(smtp, 'erin@example.com')).toHaveLength(1);
     expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
     expect(JSON.stringify(lines)).not.toMatch(/erin|rS4_/);
+  } finally {
+    await stop?.();
+    await db.close(true);
+    await Promise.all([mongo.stop(), smtp.close()]);
+  }
+}, 60_000);
+
+test('a message the database refuses for good is dropped from memory and does not hold up the ones kept behind it', async () => {
+  const mongo = await startFaultyMongo();
+  const smtp = await startSmtpCapture();
+  const db = await mongoose.createConnection(`${mongo.uri}/mail`, {
+    autoIndex: false, bufferCommands: false, serverSelectionTimeoutMS: 1000, socketTimeoutMS: 1500, heartbeatFrequencyMS: 1000,
+  }).asPromise();
+  const { logger, lines } = memoryLogger();
+  const mailer = createMailer(loadConfig({ NODE_ENV: 'test', ...RETRY, SMTP_URL: smtp.url }), logger, db);
+  let stop: (() => Promise<void>) | undefined;
+  try {
+    await mailer.ensureIndexes();
+    stop = mailer.startWorker();
+    // Over MongoDB's 16 MB document limit: refused whenever it is tried, the database up or not.
+    await mailer.send({ to: 'huge@example.com', template: 'reset-password', data: { name: 'x'.repeat(9 * 1024 * 1024), link: RESET, expiresInMinutes: 60 } });
+    // Down, not paused: an insert sent to a paused server would still be stored once it resumes.
+    await mongo.kill();
+    await mailer.send(reset('grace@example.com'));
+    expect(lines.filter((line) => line.msg === 'mail kept in memory until the database answers')).toHaveLength(2);
+    await sleep(1500);
+    await mongo.restart();
+
+    await smtp.waitFor((mail) => mail.to.includes('grace@example.com'), 20_000);
+    expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
+    const lost = lines.filter((line) => line.msg === 'mail lost: the database refused to store it');
+    expect(lost).toEqual([expect.objectContaining({ level: 50, template: 'reset-password', messageId: expect.stringMatching(/^<.+>$/) })]);
+    expect(addressed(smtp, 'huge@example.com')).toHaveLength(0);
+    expect(JSON.stringify(lines)).not.toMatch(/huge|grace|rS4_|xxxx/);
   } finally {
     await stop?.();
     await db.close(true);

@@ -1,9 +1,12 @@
 /**
  * Messages the database did not take (it did not answer in time, or refused while it is away),
- * kept in this process's memory and stored again, oldest first, until it does. Bounded: beyond
- * MEMORY_LIMIT a message is lost, with an error log line. Memory dies with the process, so this
- * only bridges a database outage while the process lives.
+ * kept in this process's memory and stored again, oldest first, until it does. A message the
+ * database refuses for any other reason would be refused forever: it is dropped, with an error
+ * log line, rather than holding up the ones behind it. Bounded: beyond MEMORY_LIMIT a message is
+ * lost, with an error log line. Memory dies with the process, so this only bridges a database
+ * outage while the process lives.
  */
+import { isUnavailable } from '../http/unavailable.ts';
 import type { Logger } from '../observability/logger.ts';
 
 const MEMORY_LIMIT = 1000;
@@ -17,7 +20,10 @@ export interface BackloggedMail {
 }
 
 export interface BacklogHooks<T> {
-  /** Stores one message; resolves when the database has it (a duplicate key counts: it has it). */
+  /**
+   * Stores one message; resolves when the database has it (a duplicate key counts: it has it).
+   * Rejects with an error `isUnavailable` knows when the database did not answer.
+   */
   store(record: T): Promise<void>;
   /** A message whose links expired before the database took it. */
   expired(record: T): void;
@@ -53,17 +59,21 @@ export class MemoryBacklog<T extends BackloggedMail> {
     this.timer.unref();
   }
 
-  /** One run at a time (the timer is set again only at its end), stopping at the first failure. */
+  /**
+   * One run at a time (the timer is set again only at its end). It stops at the first message the
+   * database is unavailable for: the ones after it would wait out the same timeout.
+   */
   private async storeAll(): Promise<void> {
     let stored = false;
     for (const record of [...this.records.values()]) {
       if (record.expiresAt.getTime() > Date.now()) {
         try {
           await this.hooks.store(record);
-        } catch {
-          break;
+          stored = true;
+        } catch (error) {
+          if (isUnavailable(error)) break;
+          this.refused(record, error);
         }
-        stored = true;
       } else {
         this.hooks.expired(record);
       }
@@ -72,5 +82,11 @@ export class MemoryBacklog<T extends BackloggedMail> {
     this.timer = undefined;
     this.schedule();
     if (stored) this.hooks.stored();
+  }
+
+  /** Neither the recipient nor the link: the record holds them sealed, and the line names the error only. */
+  private refused({ template, messageId }: T, error: unknown): void {
+    const { name, code } = error as { name?: unknown; code?: unknown };
+    this.logger.error({ template, messageId, err: { name, code, message: (error as Error).message } }, 'mail lost: the database refused to store it');
   }
 }

@@ -6,7 +6,12 @@
  *
  * `send` rejects only for a caller bug (a bad address, a missing field, a link that is not
  * http(s)); delivery problems are the worker's, which retries and logs them.
+ *
+ * Queued mail holds live links: its recipient and content are sealed with a key derived from the
+ * cookie keys (./sealed.ts), so every instance sharing COOKIE_KEYS can send it, and mail queued
+ * before a rotation still goes out while the old key stays listed.
  */
+import { randomBytes } from 'node:crypto';
 import path from 'node:path';
 import type { Connection } from 'mongoose';
 import type { Config } from '../config.ts';
@@ -14,6 +19,7 @@ import { projectRoot } from '../local/services.ts';
 import type { Logger } from '../observability/logger.ts';
 import { createRenderer, type MailTemplate } from './templates.ts';
 import { Outbox } from './outbox.ts';
+import { createSealer } from './sealed.ts';
 import { createTransport } from './transport.ts';
 import { isValidEmail } from '../accounts/service.ts';
 
@@ -67,12 +73,29 @@ export function mailLifetimeMs(template: MailTemplate, data: Readonly<Record<str
   return template === 'reset-password' ? HOUR : NOTICE_LIFETIME;
 }
 
-/** Compiles every mail view now, so a missing or broken one stops start-up, not a sign-up. */
-export function createMailer(config: Config, logger: Logger, connection: Connection): MailOutbox {
+let processKey: string | undefined;
+
+/**
+ * Without COOKIE_KEYS (development and tests only) one random key for the whole process, like its
+ * cookies: every mailer in it opens what another queued, and mail a stopped process left queued
+ * is dropped, with a warning, by the next one.
+ */
+function processKeys(): readonly string[] {
+  processKey ??= randomBytes(32).toString('base64url');
+  return [processKey];
+}
+
+/**
+ * Compiles every mail view now, so a missing or broken one stops start-up, not a sign-up.
+ * `cookieKeys`, newest first, seal queued mail: COOKIE_KEYS unless given.
+ */
+export function createMailer(
+  config: Config, logger: Logger, connection: Connection, cookieKeys: readonly string[] = config.cookieKeys ?? processKeys(),
+): MailOutbox {
   const render = createRenderer(path.join(projectRoot(), 'views', 'mail'));
   const { smtpUrl, from, outboxDir, retryBaseSeconds, retryMaxSeconds } = config.mail;
   const outbox = new Outbox(connection, createTransport(smtpUrl, from, outboxDir, logger), logger, {
-    retryBaseSeconds, retryMaxSeconds, host: new URL(config.issuer).hostname,
+    retryBaseSeconds, retryMaxSeconds, host: new URL(config.issuer).hostname, sealer: createSealer(cookieKeys),
   });
   return {
     async send({ to, template, data }) {

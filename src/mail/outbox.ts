@@ -2,8 +2,11 @@
  * The durable mail outbox. `enqueue` stores a rendered message with one insert and returns, so no
  * request waits on SMTP; a worker in each server process sends due messages, retries transient
  * failures with exponential backoff, and drops a message once its links have expired or once the
- * SMTP server refused it for good (5xx). A sent message loses its recipient and content at once;
- * the rest of it stays until its expiry, so a late copy of it (see `enqueue`) is a duplicate key.
+ * SMTP server refused it for good (5xx). Its recipient and content, live links included, are
+ * stored sealed (./sealed.ts), and a sent message loses them at once; the rest of it stays until
+ * its expiry, so a late copy of it (see `enqueue`) is a duplicate key. A pass ends at the first
+ * failure of the SMTP server as a whole (unreachable, silent, refusing our login): the other
+ * messages would only wait out the same timeout. The worker then backs off as a message would.
  *
  * Instances share the outbox. Each attempt at a message is claimed by inserting a lease
  * `<id>:<attempt>`: a unique-key insert is atomic on MongoDB and on FerretDB v1 (whose
@@ -13,10 +16,12 @@
  * accepted a message but before marking it sent leaves it to be sent again, with the same Message-ID.
  */
 import type { Collection, Connection } from 'mongoose';
+import { ServiceUnavailableError } from '../http/unavailable.ts';
 import { uuidv7 } from '../ids.ts';
 import type { Logger } from '../observability/logger.ts';
 import { MemoryBacklog } from './backlog.ts';
-import { failureFields, isPermanentRefusal, type OutgoingMail, type Transport } from './transport.ts';
+import type { Sealed, Sealer } from './sealed.ts';
+import { failureFields, isPermanentRefusal, isServerFailure, type OutgoingMail, type Transport } from './transport.ts';
 
 export const OUTBOX_COLLECTION = 'mail_outbox';
 export const LEASE_COLLECTION = 'mail_outbox_leases';
@@ -33,8 +38,13 @@ const SWEEP_MS = 60_000;
 /** Leases of dead workers one claim may step past. */
 const MAX_TAKEOVERS = 3;
 
-interface OutboxRecord extends OutgoingMail {
+/** What is sealed: whom it goes to and what it says. */
+type Content = Pick<OutgoingMail, 'to' | 'subject' | 'text' | 'html' | 'link'>;
+
+interface OutboxRecord extends Pick<OutgoingMail, 'messageId' | 'template'> {
   _id: string;
+  /** Content, sealed with the message id; unset once sent. */
+  sealed?: Sealed;
   createdAt: Date;
   /** When its links stop working: the message is dropped then, sent or not. */
   expiresAt: Date;
@@ -55,7 +65,14 @@ interface LeaseRecord {
 }
 
 type Due = Pick<OutboxRecord, '_id' | 'attempts' | 'expiresAt'>;
-type Outcome = 'sent' | 'retry' | 'dropped' | 'skipped';
+/** `unreachable`: a retry too, and the SMTP server as a whole failed, so the pass ends. */
+type Outcome = 'sent' | 'retry' | 'unreachable' | 'dropped' | 'skipped';
+interface PassResult {
+  /** As many messages were due as one pass takes: another may be waiting. */
+  readonly full: boolean;
+  readonly sent: number;
+  readonly unreachable: boolean;
+}
 
 export interface NewMail extends Omit<OutgoingMail, 'messageId'> {
   /** How long the message is worth sending (its links' lifetime). */
@@ -68,17 +85,22 @@ export interface OutboxOptions {
   readonly retryMaxSeconds: number;
   /** The domain part of Message-IDs. */
   readonly host: string;
+  /** Seals the content at rest. */
+  readonly sealer: Sealer;
 }
 
 export const leaseKey = (messageId: string, attempt: number) => `${messageId}:${attempt}`;
 
 const isDuplicateKey = (error: unknown) => (error as { code?: unknown }).code === 11000;
 
-/** Rejects after `ms`; the operation itself goes on (a later insert of the same _id is a duplicate). */
+/**
+ * Rejects after `ms` as unavailable (the backlog keeps retrying those); the operation itself goes
+ * on (a later insert of the same _id is a duplicate).
+ */
 function within<T>(ms: number, operation: Promise<T>): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`the database did not answer within ${ms} ms`)), ms);
+    timer = setTimeout(() => reject(new ServiceUnavailableError(`the database did not answer within ${ms} ms`)), ms);
     timer.unref();
   });
   return Promise.race([operation, timeout]).finally(() => clearTimeout(timer));
@@ -122,9 +144,10 @@ export class Outbox {
   async enqueue(mail: NewMail): Promise<void> {
     const now = Date.now();
     const id = uuidv7(now);
-    const { lifetimeMs, link, ...content } = mail;
+    const { lifetimeMs, template, to, subject, text, html, link } = mail;
+    const content: Content = { to, subject, text, html, ...(link === undefined ? {} : { link }) };
     const record: OutboxRecord = {
-      _id: id, messageId: `<${id}@${this.options.host}>`, ...content, ...(link === undefined ? {} : { link }),
+      _id: id, messageId: `<${id}@${this.options.host}>`, template, sealed: this.options.sealer.seal(id, JSON.stringify(content)),
       createdAt: new Date(now), expiresAt: new Date(now + lifetimeMs), nextAttemptAt: new Date(now), attempts: 0,
     };
     try {
@@ -151,7 +174,9 @@ export class Outbox {
 
   /**
    * Sends due messages until the returned function is called; that resolves once the pass in
-   * progress is over. Timers are unref'd: the worker never keeps a process alive.
+   * progress is over. Timers are unref'd: the worker never keeps a process alive. While the SMTP
+   * server fails as a whole, passes are spaced like a message's retries and new mail waits for
+   * the next one.
    */
   startWorker(): () => Promise<void> {
     if (this.wake) throw new Error('the mail worker is already running');
@@ -159,32 +184,47 @@ export class Outbox {
     let stopped = false;
     let again = false;
     let failing = false;
+    /** Passes in a row that the SMTP server failed. */
+    let unreachable = 0;
     let timer: NodeJS.Timeout | undefined;
     let running: Promise<void> | undefined;
     const schedule = (ms: number) => {
       timer = setTimeout(run, ms);
       timer.unref();
     };
+    const afterPass = ({ full, unreachable: failed }: PassResult): number => {
+      if (failed) {
+        const delayMs = this.retryDelayMs(unreachable);
+        // Once per outage: each failed attempt logs its own line too.
+        if (unreachable === 0) this.logger.warn({ retryInSeconds: Math.round(delayMs / 1000) }, 'mail worker: the SMTP server is unavailable; backing off');
+        unreachable += 1;
+        return delayMs;
+      }
+      if (unreachable > 0) this.logger.info('mail worker: the SMTP server answers again');
+      unreachable = 0;
+      return full || again ? 0 : pollMs;
+    };
     const run = () => {
       timer = undefined;
       again = false;
-      running = this.pass(() => stopped).then(({ full }) => {
+      running = this.pass(() => stopped).then((result) => {
         if (failing) this.logger.info('mail worker: the database answers again');
         failing = false;
-        return full;
+        return afterPass(result);
       }, (error: unknown) => {
         // Once per outage: the worker keeps trying every poll.
         if (!failing) this.logger.error({ err: error }, 'mail worker: pass failed; retrying');
         failing = true;
-        return false;
-      }).then((full) => {
+        return pollMs;
+      }).then((delayMs) => {
         running = undefined;
-        if (!stopped) schedule(full || again ? 0 : pollMs);
+        if (!stopped) schedule(delayMs);
       });
     };
     this.wake = () => {
       if (running) again = true;
-      else if (!stopped) {
+      // Backing off from the SMTP server: the next pass takes the new message along.
+      else if (!stopped && unreachable === 0) {
         clearTimeout(timer);
         schedule(0);
       }
@@ -198,7 +238,7 @@ export class Outbox {
     };
   }
 
-  private async pass(stopped = () => false): Promise<{ full: boolean; sent: number }> {
+  private async pass(stopped = () => false): Promise<PassResult> {
     const now = new Date();
     if (now.getTime() - this.lastSweep >= SWEEP_MS) {
       this.lastSweep = now.getTime();
@@ -211,9 +251,12 @@ export class Outbox {
     let sent = 0;
     for (const message of due) {
       if (stopped()) break;
-      if (await this.attempt(message) === 'sent') sent += 1;
+      const outcome = await this.attempt(message);
+      if (outcome === 'sent') sent += 1;
+      // The rest were not tried, so they keep their attempts and their time.
+      if (outcome === 'unreachable') return { full: false, sent, unreachable: true };
     }
-    return { full: due.length === BATCH, sent };
+    return { full: due.length === BATCH, sent, unreachable: false };
   }
 
   /** The attempt number this worker now owns, or undefined when another worker has the message. */
@@ -252,16 +295,26 @@ export class Outbox {
       this.logExpired(message);
       return 'dropped';
     }
+    const content = this.open(message);
+    if (!content) {
+      await this.messages.deleteOne({ _id: message._id });
+      this.logger.warn({ template: message.template, messageId: message.messageId }, 'mail cannot be unsealed with the configured keys; dropped');
+      return 'dropped';
+    }
     try {
-      await this.transport(message, AbortSignal.timeout(ATTEMPT_MS));
+      await this.transport({ messageId: message.messageId, template: message.template, ...content }, AbortSignal.timeout(ATTEMPT_MS));
     } catch (error) {
       return this.failed(message, attempt, error);
     }
     // The lease stays until the message would have expired: a late claim finds it sent.
-    await this.messages.updateOne({ _id: message._id }, {
-      $set: { sentAt: new Date() }, $unset: { nextAttemptAt: '', to: '', subject: '', text: '', html: '', link: '' },
-    });
+    await this.messages.updateOne({ _id: message._id }, { $set: { sentAt: new Date() }, $unset: { nextAttemptAt: '', sealed: '' } });
     return 'sent';
+  }
+
+  /** Undefined when no configured key opens it, or it was not sealed by this outbox. */
+  private open(message: OutboxRecord): Content | undefined {
+    const plaintext = this.options.sealer.open(message._id, message.sealed);
+    return plaintext === undefined ? undefined : JSON.parse(plaintext) as Content;
   }
 
   private async failed(message: OutboxRecord, attempt: number, error: unknown): Promise<Outcome> {
@@ -277,7 +330,7 @@ export class Outbox {
     this.logger.warn({
       template, messageId, attempts: attempt + 1, retryInSeconds: Math.max(0, Math.round((next - Date.now()) / 1000)), ...failureFields(error),
     }, 'mail not sent; will retry');
-    return 'retry';
+    return isServerFailure(error) ? 'unreachable' : 'retry';
   }
 
   /** Doubles from the base up to the max, minus up to a quarter, so instances that failed together spread out. */

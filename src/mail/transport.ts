@@ -43,6 +43,24 @@ export function isPermanentRefusal(error: unknown): boolean {
   return typeof responseCode !== 'number' || (responseCode >= 500 && responseCode < 600 && responseCode !== 503);
 }
 
+/**
+ * nodemailer's codes for a server that could not be reached or would not talk to us: refused,
+ * reset or timed out, a proxy, no or a bad greeting, TLS, authentication, and our own attempt timeout.
+ */
+const SERVER_FAILURES = new Set([
+  'ECONNECTION', 'ESOCKET', 'ETIMEDOUT', 'EDNS', 'EPROXY', 'ETLS', 'EREQUIRETLS', 'EPROTOCOL', 'EAUTH', 'ENOAUTH', 'EABORT',
+]);
+
+/**
+ * A failure of the SMTP server as a whole, not of this message: the next message would fail the
+ * same way, after the same wait. 421 is the server closing the session for everyone.
+ * Replies about one message (4xx/5xx to its sender, recipient or content) are not.
+ */
+export function isServerFailure(error: unknown): boolean {
+  const { code, responseCode } = error as { code?: unknown; responseCode?: unknown };
+  return (typeof code === 'string' && SERVER_FAILURES.has(code)) || responseCode === 421;
+}
+
 /** What a log line may say about a failure: codes, never the text (it can quote the recipient). */
 export function failureFields(error: unknown): Record<string, unknown> {
   const { code, originalCode, responseCode } = error as { code?: unknown; originalCode?: unknown; responseCode?: unknown };

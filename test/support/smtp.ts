@@ -2,9 +2,10 @@
  * A real SMTP server on a loopback port that keeps every message it accepts, parsed, so tests read
  * verification and reset links out of the mail the provider actually sent. A message is stored
  * before the server acknowledges it: once `send` resolves, the mail is already in `messages`.
- * Resilience tests stop it and start it again on the same port, and can have it refuse recipients.
+ * Resilience tests stop it and start it again on the same port, and can have it refuse recipients,
+ * and use a silent server (`startSilentServer`) for one that is stuck.
  */
-import type { AddressInfo } from 'node:net';
+import net, { type AddressInfo } from 'node:net';
 import { simpleParser, type AddressObject, type ParsedMail } from 'mailparser';
 import { SMTPServer, type SMTPServerDataStream } from 'smtp-server';
 
@@ -185,4 +186,38 @@ export function linkFrom(text: string, path?: string): string {
     if (url && (path === undefined || url.pathname.startsWith(path))) return link;
   }
   throw new Error(`no link${path === undefined ? '' : ` with a path starting ${path}`} in:\n${text}`);
+}
+
+export interface SilentServer {
+  /** `smtp://127.0.0.1:PORT`; add `?greetingTimeout=MS` for a short wait. */
+  readonly url: string;
+  readonly port: number;
+  /** When each connection came in (performance.now()), oldest first. */
+  readonly connections: readonly number[];
+  /** Drops the connections and stops listening: connections to the port are then refused. */
+  close(): Promise<void>;
+}
+
+/** Accepts connections and never says a word, like an SMTP server that is stuck. */
+export async function startSilentServer(): Promise<SilentServer> {
+  const connections: number[] = [];
+  const held = new Set<net.Socket>();
+  const server = net.createServer((socket) => {
+    connections.push(performance.now());
+    held.add(socket);
+    socket.on('close', () => held.delete(socket));
+    // The client giving up resets the connection; that is expected here.
+    socket.on('error', () => {});
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const { port } = server.address() as AddressInfo;
+  return {
+    url: `smtp://127.0.0.1:${port}`,
+    port,
+    connections,
+    async close() {
+      for (const socket of held) socket.destroy();
+      await new Promise((resolve) => server.close(resolve));
+    },
+  };
 }
