@@ -3,16 +3,22 @@
  * through the real app: a POST retried with its Idempotency-Key creates one document and answers
  * as the first request did; parallel PATCHes without If-Match all succeed; every acknowledged
  * write has exactly one audit record, stored with the change and relayed when its own audit write
- * did not happen; and on a database of the suite's own that hangs and then dies, creates retried
- * with their keys after it recovers are none lost and none duplicated.
+ * did not happen; a title search that runs past the list time limit is stopped by the database;
+ * and on a database of the suite's own that hangs and then dies, creates retried with their keys
+ * after it recovers are none lost and none duplicated.
  */
 import { randomUUID } from 'node:crypto';
 import { jest } from '@jest/globals';
+import mongoose, { type Connection } from 'mongoose';
 import * as oidc from 'openid-client';
 import { AuditLog } from '../src/audit/log.ts';
 import type { DocumentRecord } from '../src/documents/model.ts';
+import { DocumentService } from '../src/documents/service.ts';
+import type { Caller as DocumentCaller } from '../src/documents/token.ts';
+import { uuidv7 } from '../src/ids.ts';
 import { ApiClient, type ApiResponse } from './support/api.ts';
 import { Browser } from './support/browser.ts';
+import { testMongoUri } from './support/env.ts';
 import { startFaultyMongo, type FaultyService } from './support/faults.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
@@ -238,6 +244,40 @@ describe('on the shared database', () => {
       expect(await documentsOf(server).countDocuments({ _id: doc.id })).toBe(0);
       expect(await server.services.connection.collection('document_files.files').countDocuments({ 'metadata.documentId': doc.id })).toBe(0);
       expect(await auditCount(server, { target: doc.id, action: 'document.delete' })).toBe(1);
+    });
+  });
+
+  describe('a title search that runs long', () => {
+    /** Enough documents that searching every title takes well over a millisecond, on MongoDB too. */
+    const HAYSTACK = 10_000;
+    let connection: Connection;
+
+    beforeAll(async () => {
+      connection = await mongoose.createConnection(testMongoUri('doclist'), { autoIndex: false }).asPromise();
+    });
+
+    afterAll(async () => {
+      await connection?.dropDatabase();
+      await connection?.close();
+    });
+
+    test('is stopped by the database at the service\'s list time limit (maxTimeMS); the same search answers within a longer one', async () => {
+      const { accounts, logger } = server.services;
+      const hurried = new DocumentService(connection, accounts, logger, undefined, { listTimeMs: 1 });
+      const patient = new DocumentService(connection, accounts, logger, undefined, { listTimeMs: 60_000 });
+      await patient.ensureIndexes();
+      const owner: DocumentCaller = { kind: 'client', sub: 'searcher', clientId: 'searcher', scopes: new Set(SCOPE.split(' ')) };
+      // The oldest document, so the newest-first search has to read every other title to reach it.
+      const needle = await patient.create(owner, { title: 'The needle' }, { ip: '127.0.0.1', requestId: null });
+      const after = needle.doc.createdAt.getTime() + 1;
+      await connection.collection<DocumentRecord>('documents').insertMany(Array.from({ length: HAYSTACK }, (_, i) => ({
+        ...needle.doc, _id: uuidv7(after + i), title: `Hay ${i} ${'x'.repeat(180)}`,
+      })));
+      const search = { limit: 20, q: 'NEEDLE' };
+
+      await expect(hurried.list(owner, search)).rejects.toMatchObject({ code: 50, codeName: 'MaxTimeMSExpired' });
+      const found = await patient.list(owner, search);
+      expect(found.items.map(({ doc }) => doc._id)).toEqual([needle.doc._id]);
     });
   });
 });

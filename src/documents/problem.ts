@@ -62,11 +62,3 @@ export class ApiProblem extends Error {
 }
 
 export const notFound = () => new ApiProblem('not-found', 404, 'No document with this id exists or it is not shared with you.');
-
-/**
- * The answer for an error that is not an ApiProblem, a client error or an unavailable database
- * (which the app's error layer answers with 503, see src/http/unavailable.ts): a bug, logged in full.
- */
-export function unexpectedProblem(_error: unknown): ApiProblem {
-  return new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
-}

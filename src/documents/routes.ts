@@ -18,7 +18,7 @@ import { ifNoneMatchSatisfied } from './conditions.ts';
 import { tooLarge } from './files.ts';
 import { idempotencyKeyOf } from './idempotency.ts';
 import { isUnavailable } from '../http/unavailable.ts';
-import { ApiProblem, unexpectedProblem } from './problem.ts';
+import { ApiProblem } from './problem.ts';
 import { etagOf, presentDocument, presentShare, presentSummary } from './presenter.ts';
 import {
   createBody, documentId, encodeCursor, fileQuery, LIMITS, listQuery, noQuery, patchBody, queryOf, shareBody, userId, validate,
@@ -104,10 +104,9 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
         // The database not answering: the app's error layer answers 503 (src/http/unavailable.ts).
         else if (isUnavailable(error)) throw error;
         else {
-          problem = unexpectedProblem(error);
-          const where = { requestId: ctx.state.requestId, path: ctx.path };
-          if (problem.status === 500) logger.error({ err: error, ...where }, 'documents API request failed');
-          else logger.warn({ err: { name: (error as Error).name, message: (error as Error).message }, ...where }, 'documents API request not completed');
+          // Anything else is a bug: logged in full, answered with a generic 500.
+          logger.error({ err: error, requestId: ctx.state.requestId, path: ctx.path }, 'documents API request failed');
+          problem = new ApiProblem('server-error', 500, 'The request could not be completed. Try again later.');
         }
       }
       ctx.status = problem.status;

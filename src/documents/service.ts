@@ -1,31 +1,30 @@
 /**
- * Document commands. Every change goes through `change()`: read, check the caller's access and
- * If-Match, then commit a new version. A commit first claims the version it produces (claims.ts),
- * so only one writer can produce each version: on MongoDB the conditional update would suffice,
- * but FerretDB v1 runs it as a read then a write, and two writers could both succeed. A writer
- * that loses re-reads and tries again (or gets 412 when it sent If-Match). Each change carries
- * its audit event in the same write (audit-outbox.ts); a delete only marks the document, which is
- * gone for every read from then on, and the outbox removes it.
+ * Document commands. Every change goes through DocumentChanges.change() (changes.ts): read,
+ * check the caller's access and If-Match, then commit a new version, claimed so that only one
+ * writer produces it, with its audit event in the same write (audit-outbox.ts). A delete only
+ * marks the document, which is gone for every read from then on, and the outbox removes it.
+ * Shares are changes too (shares.ts).
  */
-import { randomUUID } from 'node:crypto';
 import type { Readable } from 'node:stream';
-import { setTimeout } from 'node:timers/promises';
 import type { Collection, Connection } from 'mongoose';
 import type { AccountService } from '../accounts/service.ts';
-import { AuditLog, type AuditEvent } from '../audit/log.ts';
+import { AuditLog } from '../audit/log.ts';
 import type { Logger } from '../observability/logger.ts';
 import { uuidv7 } from '../ids.ts';
 import { AuditOutbox } from './audit-outbox.ts';
+import { auditEvent, DocumentChanges, forbidden, preconditionFailed, type RequestInfo, type Visible } from './changes.ts';
 import { isDuplicateKey, VersionClaims } from './claims.ts';
 import { ifMatchSatisfied } from './conditions.ts';
 import { DocumentFiles, type FileUpload } from './files.ts';
 import { fingerprintOf, IdempotencyKeys, inUse, keyIdFor } from './idempotency.ts';
-import { Lanes } from './lanes.ts';
-import { ApiProblem, notFound } from './problem.ts';
+import { ApiProblem } from './problem.ts';
 import { aclOf, type DocumentRecord, type FileRecord, type ShareRecord, type ShareRole } from './model.ts';
-import { accessOf, callerPrincipal, isAdmin, may, type Access, type Action } from './policy.ts';
+import { accessOf, callerPrincipal, isAdmin, may } from './policy.ts';
 import { etagOf } from './presenter.ts';
+import { DocumentShares } from './shares.ts';
 import type { Caller } from './token.ts';
+
+export type { RequestInfo, Visible } from './changes.ts';
 
 export interface DocumentInput {
   title: string;
@@ -43,35 +42,20 @@ export interface ListQuery {
   q?: string | undefined;
 }
 
-export interface Visible {
-  doc: DocumentRecord;
-  access: Access;
+export interface DocumentServiceOptions {
+  /**
+   * How long the database may spend on one list query (maxTimeMS) before it stops it: a title
+   * search scans every document the caller can see, and would otherwise run on after the
+   * request gave up. Default 5000.
+   */
+  listTimeMs?: number;
 }
 
-/** Where a change came from, for its audit event. */
-export interface RequestInfo {
-  ip: string;
-  requestId: string | null;
-}
-
-/**
- * A writer that loses its claim to another retries, after a jittered backoff, for at most this
- * many attempts and this long: enough for dozens of writers queued on one document.
- */
-const MAX_ATTEMPTS = 200;
-const MAX_RETRY_MS = 8_000;
-const BACKOFF_BASE_MS = 4;
-const BACKOFF_CAP_MS = 200;
-/** Internal changes made on nobody's behalf (claiming pending shares). */
-const SYSTEM = 'system';
-type Actor = Caller | typeof SYSTEM;
 /** The relay leaves events this young to the request that wrote them. */
 const RELAY_GRACE_MS = 10_000;
+const DEFAULT_LIST_TIME_MS = 5_000;
 
 const escapeRegex = (text: string) => text.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-
-/** Full jitter: a random wait up to an exponentially growing, capped bound. */
-const backoff = (attempt: number) => Math.random() * Math.min(BACKOFF_CAP_MS, BACKOFF_BASE_MS * 2 ** Math.min(attempt, 10));
 
 function newDocument(caller: Caller, input: DocumentInput, id: string, createdAt: Date): DocumentRecord {
   const owner = caller.kind === 'client'
@@ -92,38 +76,31 @@ function newDocument(caller: Caller, input: DocumentInput, id: string, createdAt
   };
 }
 
-function auditEvent(actor: Caller, action: string, target: string, info: RequestInfo): AuditEvent {
-  return AuditLog.event({
-    actor: { sub: actor.sub, clientId: actor.clientId }, action, target, outcome: 'success', ip: info.ip, requestId: info.requestId,
-  });
-}
-
-const forbidden = (action: Action) =>
-  new ApiProblem('forbidden', 403, `Your access to this document does not allow this (${action}).`);
-
-const preconditionFailed = () =>
-  new ApiProblem('precondition-failed', 412, 'The document has changed since the version named in If-Match. Read it again and retry.');
-
 export class DocumentService {
   private readonly documents: Collection<DocumentRecord>;
-  private readonly claims: VersionClaims;
   private readonly keys: IdempotencyKeys;
   private readonly outbox: AuditOutbox;
-  private readonly lanes = new Lanes();
+  private readonly changes: DocumentChanges;
+  private readonly shares: DocumentShares;
   private readonly files: DocumentFiles;
-  private readonly accounts: AccountService;
   private readonly logger: Logger;
+  private readonly listTimeMs: number;
 
-  constructor(connection: Connection, accounts: AccountService, logger: Logger, audit = new AuditLog(connection, logger)) {
+  constructor(
+    connection: Connection, accounts: AccountService, logger: Logger, audit = new AuditLog(connection, logger),
+    options: DocumentServiceOptions = {},
+  ) {
     this.documents = connection.collection<DocumentRecord>('documents');
-    this.claims = new VersionClaims(connection);
+    const claims = new VersionClaims(connection);
     this.keys = new IdempotencyKeys(connection);
     this.files = new DocumentFiles(connection);
-    this.accounts = accounts;
     this.logger = logger;
+    this.listTimeMs = options.listTimeMs ?? DEFAULT_LIST_TIME_MS;
     this.outbox = new AuditOutbox({
-      documents: this.documents, claims: this.claims, audit, logger, removeFiles: (id) => this.files.removeAll(id),
+      documents: this.documents, claims, audit, logger, removeFiles: (id) => this.files.removeAll(id),
     });
+    this.changes = new DocumentChanges({ documents: this.documents, claims, outbox: this.outbox });
+    this.shares = new DocumentShares({ documents: this.documents, accounts, changes: this.changes });
   }
 
   async ensureIndexes(): Promise<void> {
@@ -212,6 +189,7 @@ export class DocumentService {
       .find(filter, { projection: { content: 0, pendingAudit: 0 } })
       .sort({ _id: -1 })
       .limit(query.limit + 1)
+      .maxTimeMS(this.listTimeMs)
       .toArray();
     const page = docs.slice(0, query.limit);
     return {
@@ -222,19 +200,12 @@ export class DocumentService {
 
   /** The document with the caller's access to it; 404 when it does not exist or is not visible. */
   async get(caller: Caller, id: string): Promise<Visible> {
-    return this.load(caller, id);
-  }
-
-  private async load(actor: Actor, id: string): Promise<Visible> {
-    const doc = await this.documents.findOne({ _id: id });
-    const access = doc ? (actor === SYSTEM ? 'admin' : accessOf(actor, doc)) : undefined;
-    if (!doc || doc.deletedAt || !access) throw notFound();
-    return { doc, access };
+    return this.changes.load(caller, id);
   }
 
   async update(caller: Caller, id: string, patch: DocumentPatch, ifMatch: string | undefined, info: RequestInfo): Promise<Visible> {
     const event = auditEvent(caller, 'document.update', id, info);
-    const { after, access } = await this.change(caller, id, 'update', ifMatch, () => {
+    const { after, access } = await this.changes.change(caller, id, 'update', ifMatch, () => {
       const changes: Partial<DocumentRecord> = {};
       if (patch.title !== undefined) changes.title = patch.title;
       if (patch.content !== undefined) changes.content = patch.content;
@@ -250,7 +221,7 @@ export class DocumentService {
    * the document.
    */
   async delete(caller: Caller, id: string, ifMatch: string | undefined, info: RequestInfo): Promise<void> {
-    await this.change(caller, id, 'delete', ifMatch, () => ({ deletedAt: new Date() }), auditEvent(caller, 'document.delete', id, info));
+    await this.changes.change(caller, id, 'delete', ifMatch, () => ({ deletedAt: new Date() }), auditEvent(caller, 'document.delete', id, info));
   }
 
   /**
@@ -267,7 +238,7 @@ export class DocumentService {
     const file = await this.files.store(id, upload, maxBytes);
     try {
       const event = auditEvent(caller, 'document.file.upload', id, info);
-      const { before, after, access: finalAccess } = await this.change(caller, id, 'update', ifMatch, () => ({ file }), event);
+      const { before, after, access: finalAccess } = await this.changes.change(caller, id, 'update', ifMatch, () => ({ file }), event);
       if (before.file) await this.files.discard(before.file.gridFsId);
       return { doc: after, access: finalAccess };
     } catch (error) {
@@ -287,132 +258,22 @@ export class DocumentService {
     return { file: doc.file, stream };
   }
 
-  async listShares(caller: Caller, id: string): Promise<ShareRecord[]> {
-    const { doc, access } = await this.get(caller, id);
-    if (!may(access, 'share')) throw forbidden('share');
-    return doc.shares;
+  /** Only for those who may manage the document's shares. */
+  listShares(caller: Caller, id: string): Promise<ShareRecord[]> {
+    return this.shares.list(caller, id);
   }
 
-  /**
-   * Shares with the account that has this email, or replaces the role of an existing share.
-   * An email without an account gets a pending share under a placeholder id, answered exactly
-   * like a real one: the answer never tells whether someone has an account. The share starts
-   * working when an account with that email is created (claimPendingShares).
-   */
-  async addShare(caller: Caller, id: string, email: string, role: ShareRole, info: RequestInfo): Promise<{ share: ShareRecord; created: boolean }> {
-    const normalized = email.trim().toLowerCase();
-    // Both lookups run whether or not the account exists, so timing tells nothing either.
-    const [account, pendingId] = await Promise.all([this.accounts.get(normalized), this.pendingShareId(normalized)]);
-    let result: { share: ShareRecord; created: boolean } | undefined;
-    await this.change(caller, id, 'share', undefined, (doc) => {
-      if (account && doc.owner.type === 'user' && doc.owner.id === account.id) {
-        throw new ApiProblem('validation-error', 400, 'The request body is not valid: /email is the owner of this document, who cannot be added to its shares.', {
-          errors: [{ detail: 'is the owner of this document', pointer: '/email' }],
-        });
-      }
-      const existing = doc.shares.find((s) => s.email === normalized);
-      const share: ShareRecord = existing
-        ? { ...existing, role }
-        : { userId: account?.id ?? pendingId, email: normalized, role, pending: !account, createdAt: new Date() };
-      result = { share, created: !existing };
-      const shares = [...doc.shares.filter((s) => s !== existing), share];
-      return { shares, acl: aclOf(doc.owner, shares) };
-    }, auditEvent(caller, 'document.share.add', id, info));
-    return result!;
+  /** Adds or re-roles a share by email; an email without an account gets a pending share (shares.ts). */
+  addShare(caller: Caller, id: string, email: string, role: ShareRole, info: RequestInfo): Promise<{ share: ShareRecord; created: boolean }> {
+    return this.shares.add(caller, id, email, role, info);
   }
 
-  /**
-   * The placeholder id for an email without an account: the one already used for it on another
-   * document, or a new random one. Like an account id it is stable across documents, so comparing
-   * answers for several documents tells nothing either.
-   */
-  private async pendingShareId(email: string): Promise<string> {
-    const doc = await this.documents.findOne({ 'shares.email': email }, { projection: { shares: 1 } });
-    return doc?.shares.find((s) => s.pending && s.email === email)?.userId ?? randomUUID();
+  removeShare(caller: Caller, id: string, userId: string, info: RequestInfo): Promise<void> {
+    return this.shares.remove(caller, id, userId, info);
   }
 
-  async removeShare(caller: Caller, id: string, userId: string, info: RequestInfo): Promise<void> {
-    await this.change(caller, id, 'share', undefined, (doc) => {
-      const shares = doc.shares.filter((s) => s.userId !== userId);
-      if (shares.length === doc.shares.length) throw new ApiProblem('not-found', 404, 'This document is not shared with that user.');
-      return { shares, acl: aclOf(doc.owner, shares) };
-    }, auditEvent(caller, 'document.share.remove', id, info));
-  }
-
-  /** Turns pending shares for this email into shares with the new account. */
-  async claimPendingShares(email: string, accountId: string): Promise<number> {
-    // Matched on shares.email, then filtered here: FerretDB v1 has no $elemMatch on fields.
-    const candidates = await this.documents.find({ 'shares.email': email }, { projection: { _id: 1, shares: 1 } }).toArray();
-    const docs = candidates.filter((doc) => doc.shares.some((s) => s.pending && s.email === email));
-    for (const { _id } of docs) {
-      await this.change(SYSTEM, _id, 'share', undefined, (doc) => {
-        const shares = doc.shares.map((s) => (s.pending && s.email === email ? { ...s, userId: accountId, pending: false } : s));
-        return { shares, acl: aclOf(doc.owner, shares) };
-      }).catch((error: unknown) => {
-        if (!(error instanceof ApiProblem && error.status === 404)) throw error; // deleted meanwhile
-      });
-    }
-    return docs.length;
-  }
-
-  /**
-   * Read, authorize, check If-Match, then `write`; again from the top while `write` reports (with
-   * undefined) that another writer (in another process, or one that stopped waiting in the
-   * document's lane) got there first. With If-Match the next read usually shows the other
-   * writer's version, which answers 412; without it the change is re-applied to that version
-   * (last writer wins), for at most MAX_ATTEMPTS and, after the first, until `deadline`.
-   */
-  private async withDocument<T>(
-    actor: Actor, id: string, action: Action, ifMatch: string | undefined, deadline: number,
-    write: (visible: Visible, attempt: number) => Promise<T | undefined>,
-  ): Promise<T> {
-    for (let attempt = 0; attempt < MAX_ATTEMPTS && (attempt === 0 || Date.now() < deadline); attempt += 1) {
-      const visible = await this.load(actor, id);
-      if (!may(visible.access, action)) throw forbidden(action);
-      if (ifMatch !== undefined && !ifMatchSatisfied(ifMatch, etagOf(visible.doc))) throw preconditionFailed();
-      const result = await write(visible, attempt);
-      if (result !== undefined) return result;
-      // Lost to another writer, who is usually done within milliseconds: back off with jitter
-      // so that writers queued on one document do not keep colliding.
-      await setTimeout(backoff(attempt));
-    }
-    throw new ApiProblem('conflict', 409, 'The document is being changed by other requests; try again.');
-  }
-
-  /**
-   * Applies `mutate`'s changes as the next version, with the audit event of the change (none
-   * for SYSTEM changes), then has the outbox write the event. `mutate` may throw an ApiProblem
-   * to refuse.
-   */
-  private async change(
-    actor: Actor, id: string, action: Action, ifMatch: string | undefined,
-    mutate: (doc: DocumentRecord) => Partial<DocumentRecord>, event?: AuditEvent,
-  ): Promise<{ before: DocumentRecord; after: DocumentRecord; access: Access }> {
-    // Waiting in the lane and retrying share one budget. The outbox finishes outside the lane:
-    // the next writer need not wait for it.
-    const deadline = Date.now() + MAX_RETRY_MS;
-    const changed = await this.lanes.run(id, MAX_RETRY_MS, () =>
-      this.withDocument(actor, id, action, ifMatch, deadline, async ({ doc, access }, attempt) => {
-        const after = await this.commit(doc, mutate(doc), event, attempt % 4 === 3);
-        return after && { before: doc, after, access };
-      }));
-    if (event) await this.outbox.finishQuietly(id, { version: changed.after.version, event });
-    return changed;
-  }
-
-  /** Writes the next version of `doc`, or returns undefined if another writer got there first. */
-  private commit(
-    doc: DocumentRecord, changes: Partial<DocumentRecord>, event: AuditEvent | undefined, releaseStale: boolean,
-  ): Promise<DocumentRecord | undefined> {
-    return this.claims.claimed(doc, async () => {
-      const version = doc.version + 1;
-      const updatedAt = new Date();
-      const $set = { ...changes, version, updatedAt };
-      const { matchedCount } = await this.documents.updateOne(
-        { _id: doc._id, version: doc.version },
-        event ? { $set, $push: { pendingAudit: event } } : { $set },
-      );
-      return matchedCount === 1 ? { ...doc, ...changes, version, updatedAt } : undefined;
-    }, { releaseStale });
+  /** Turns pending shares for this email into shares with the new account; returns how many documents had one. */
+  claimPendingShares(email: string, accountId: string): Promise<number> {
+    return this.shares.claimPending(email, accountId);
   }
 }
