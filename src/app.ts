@@ -18,7 +18,7 @@ import { RateLimitedError, tokenRateLimit, type LimiterState } from './security/
 import { requestLog } from './observability/request-log.ts';
 import { healthRoutes } from './observability/health.ts';
 import { requestGuards, type RequestGuards } from './http/guards.ts';
-import { answerUnavailable, isUnavailable, RETRY_AFTER_SECONDS } from './http/unavailable.ts';
+import { answerUnavailable, isUnavailable, RETRY_AFTER_SECONDS, ServiceUnavailableError } from './http/unavailable.ts';
 import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
@@ -77,7 +77,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
       // A database that does not answer is not a bug: 503 and a short log line, no stack.
       if (isUnavailable(error)) {
         logger.warn({ err: { name: (error as Error).name, message: (error as Error).message }, requestId: ctx.state.requestId as unknown, path: ctx.path }, 'dependency unavailable');
-        return answerUnavailable(ctx);
+        return answerUnavailable(ctx, error instanceof ServiceUnavailableError ? error.retryAfterSeconds : undefined);
       }
       const known = isAppError(error);
       // Client errors raised by Koa middleware (body parser: 400, 413, 415) carry `expose`.

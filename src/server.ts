@@ -48,8 +48,9 @@ export async function startServer(config: Config, logger: Logger = createLogger(
     services,
     /**
      * Graceful: readiness fails and every answer asks for its connection to be closed; after
-     * SHUTDOWN_DELAY_SECONDS no new connections are taken and idle ones close; requests in flight get SHUTDOWN_GRACE_SECONDS,
-     * then whatever is left is cut and the connections closed (neither waits on a hung database).
+     * SHUTDOWN_DELAY_SECONDS no new connections are taken and idle ones close; requests in flight
+     * (and the mail being sent) get SHUTDOWN_GRACE_SECONDS, then whatever is left is cut and the
+     * connections closed (neither waits on a hung database).
      */
     close() {
       closing ??= (async () => {
@@ -58,12 +59,13 @@ export async function startServer(config: Config, logger: Logger = createLogger(
         if (limits.shutdownDelayMs > 0) await delay(limits.shutdownDelayMs);
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
+        // Timers end and the mail worker takes no new message, finishing the one it is sending
+        // within the same grace as the requests.
+        const stopped = stop();
         // idle() ends before the last answer is written; `closed` once it is out and its connection gone.
-        await Promise.race([Promise.all([app.guards.idle(), closed]), delay(limits.shutdownGraceMs)]);
+        await Promise.race([Promise.all([app.guards.idle(), closed, stopped]), delay(limits.shutdownGraceMs)]);
         server.closeAllConnections();
         await closed;
-        // The mail worker finishes the message it is sending, if the grace has time left for it.
-        await Promise.race([stop(), delay(1000)]);
         await services.close();
       })();
       return closing;

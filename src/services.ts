@@ -89,18 +89,33 @@ const MONGO_TIMEOUTS = { serverSelectionTimeoutMS: 1000, connectTimeoutMS: 2000,
 /** A database that is still starting (or restarting) gets this long before start-up gives up. */
 const MONGO_START_ATTEMPTS = 15;
 
-async function connectMongo(config: Config, logger: Logger): Promise<Connection> {
+async function connectMongo(config: Config, logger: Logger): Promise<{ connection: Connection; uri: string }> {
   const uri = config.mongodbUri ?? (await ensureDevMongo(config.dataDir, (m) => logger.info(m)));
   // Filters built from user input never carry query operators, even if validation missed one.
   mongoose.set('sanitizeFilter', true);
   const options = { ...MONGO_TIMEOUTS, socketTimeoutMS: config.mongodbOperationTimeoutMs, autoIndex: false, bufferCommands: false };
   for (let attempt = 1; ; attempt++) {
     try {
-      return await mongoose.createConnection(uri, options).asPromise();
+      return { connection: await mongoose.createConnection(uri, options).asPromise(), uri };
     } catch (error) {
       if (attempt >= MONGO_START_ATTEMPTS) throw error;
       if (attempt === 1) logger.warn({ err: { message: (error as Error).message } }, 'MongoDB not reachable yet; retrying');
       await setTimeout(1000);
+    }
+  }
+}
+
+/**
+ * Index builds on a large collection can outlast MONGODB_OPERATION_TIMEOUT_MS; the database goes
+ * on building, so such a timeout is logged, not fatal (the next start finds the index there).
+ */
+async function buildIndexes(logger: Logger, owners: Record<string, { ensureIndexes(): Promise<void> }>): Promise<void> {
+  for (const [name, owner] of Object.entries(owners)) {
+    try {
+      await owner.ensureIndexes();
+    } catch (error) {
+      if (!(error instanceof mongoose.mongo.MongoNetworkTimeoutError)) throw error;
+      logger.warn({ indexes: name }, 'an index build is still running in the database; starting without waiting for it');
     }
   }
 }
@@ -151,7 +166,7 @@ async function signingKeys(connection: Connection, config: Config, options: Open
 }
 
 export async function openServices(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Services> {
-  const connection = await connectMongo(config, logger);
+  const { connection, uri } = await connectMongo(config, logger);
   let redis: Redis | undefined;
   try {
     redis = connectRedis(config, logger);
@@ -159,27 +174,21 @@ export async function openServices(config: Config, logger: Logger, options: Open
     if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000, undefined, { ref: false })]);
     // A missing mail view stops start-up here, before any index or data is touched.
     const mailer = createMailer(config, logger, connection);
-    await mailer.ensureIndexes();
     const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
-    await store.ensureIndexes();
 
     // Records must outlive every JWT they revoke, whichever grant issued it, and may be written by a
     // CLI process whose TTL_* differ from the server's: keep them for the longest lifetime allowed.
     const revocations = new TokenRevocations(connection, MAX_ACCESS_TOKEN_SECONDS, logger);
-    await revocations.ensureIndexes();
     const accounts = new AccountService(connection, new PasswordHasher(config.argon2), async (id) => {
       await Promise.all([store.revokeAccount(id), revocations.revoke('account', id)]);
     }, { minLength: config.accounts.passwordMinLength, minScore: config.accounts.passwordMinScore });
-    await accounts.ensureIndexes();
     const accountTokens = new AccountTokens(connection);
-    await accountTokens.ensureIndexes();
     const mfaChallenges = new MfaChallenges(connection);
-    await mfaChallenges.ensureIndexes();
     const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
-    await mfa.ensureIndexes();
     const audit = new AuditLog(connection, logger);
-    const documents = new DocumentService(connection, accounts, logger, audit);
-    await documents.ensureIndexes();
+    // The server stops a slow list before the client would give up on its answer.
+    const documents = new DocumentService(connection, accounts, logger, audit, { listTimeMs: Math.max(100, config.mongodbOperationTimeoutMs - 500) });
+    await buildIndexes(logger, { mailer, store, revocations, accounts, accountTokens, mfaChallenges, mfa, documents });
     // Shares waiting for an address go to an account only once it has proven that address.
     accounts.onEmailVerified(async (account) => {
       // The account exists either way; a share that fails to resolve now is logged, not fatal.
@@ -201,7 +210,7 @@ export async function openServices(config: Config, logger: Logger, options: Open
     let closed = false;
     return {
       config, logger, connection, redis, store, accounts, mfa, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
-      rateLimits, limiters, lockout, mailer, accountTokens, mfaChallenges, database: new DatabaseHealth(connection, logger),
+      rateLimits, limiters, lockout, mailer, accountTokens, mfaChallenges, database: new DatabaseHealth(uri, logger),
       async close() {
         if (closed) return;
         closed = true;

@@ -9,7 +9,9 @@
  * Health checks are exempt from all of it: they must answer, and fast, exactly then.
  *
  * A request answered early keeps running in the background until its own database timeouts end
- * it (bounded: see MONGODB_OPERATION_TIMEOUT_MS); what it writes after that is discarded.
+ * it (bounded: see MONGODB_OPERATION_TIMEOUT_MS). Its answer is discarded, headers included, but
+ * the database writes it has sent may still complete: a 503 does not promise that nothing
+ * happened, which is why creating documents takes an Idempotency-Key.
  */
 import type { Middleware } from 'koa';
 import type { DatabaseHealth } from '../observability/health.ts';
@@ -56,6 +58,7 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
 
     inFlight += 1;
     refusedSince = 0;
+    const headersBefore = new Set(Object.keys(ctx.response.headers));
     // Counted until the work itself ends, even when answered early: that is what holds memory.
     const work = next().finally(() => {
       inFlight -= 1;
@@ -74,7 +77,8 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
       if (outcome !== undefined) {
         // The abandoned work may still fail; its error has nobody left to answer.
         work.catch(() => {});
-        ctx.state.cutShort = outcome;
+        // Nothing of the abandoned answer (a cookie, a Location, an ETag) goes out with the 503.
+        for (const name of Object.keys(ctx.response.headers)) if (!headersBefore.has(name)) ctx.remove(name);
         logger.warn({ requestId: ctx.state.requestId as unknown, path: ctx.path, reason: outcome }, 'request answered 503 before it finished');
         await answerUnavailable(ctx);
       }

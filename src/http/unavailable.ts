@@ -13,6 +13,7 @@ import { answerError } from './pages.ts';
 /** What clients are asked to wait: a dependency outage is seldom over sooner. */
 export const RETRY_AFTER_SECONDS = 5;
 
+/** Raised where our own code decides a dependency is not answering (a deadline, a full queue). */
 export class ServiceUnavailableError extends AppError {
   readonly retryAfterSeconds: number;
   constructor(reason: string, retryAfterSeconds = RETRY_AFTER_SECONDS) {
@@ -28,14 +29,20 @@ const { mongo } = mongoose;
  */
 const DATABASE_UNAVAILABLE = [
   mongo.MongoServerSelectionError, mongo.MongoNetworkError, mongo.MongoNotConnectedError, mongo.MongoTopologyClosedError,
-  mongo.MongoServerClosedError, mongo.MongoClientClosedError, mongo.MongoOperationTimeoutError,
+  mongo.MongoServerClosedError, mongo.MongoClientClosedError,
 ];
 /** Not exported by the driver, but named: a full pool that did not free a connection in time. */
 const DATABASE_UNAVAILABLE_NAMES = new Set(['MongoWaitQueueTimeoutError', 'MongooseServerSelectionError']);
 
+/** The server's own deadline (maxTimeMS) ran out. */
+const MAX_TIME_EXPIRED = 50;
+
 export function isUnavailable(error: unknown): boolean {
   if (error instanceof ServiceUnavailableError) return true;
   if (DATABASE_UNAVAILABLE.some((type) => error instanceof type)) return true;
+  if (error instanceof mongo.MongoServerError && error.code === MAX_TIME_EXPIRED) return true;
+  // A replica set between primaries (NotWritablePrimary, InterruptedDueToReplStateChange, ...).
+  if (error instanceof mongo.MongoError && (error.hasErrorLabel('RetryableWriteError') || error.hasErrorLabel('RetryableError'))) return true;
   // oidc-provider's TemporarilyUnavailable carries the status (see src/oidc/provider.ts).
   const { name, status } = (error ?? {}) as { name?: unknown; status?: unknown };
   return (typeof name === 'string' && DATABASE_UNAVAILABLE_NAMES.has(name)) || status === 503;

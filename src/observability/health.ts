@@ -2,34 +2,41 @@
  * Whether this instance can serve, as a load balancer needs to know it: at once and without
  * ever hanging.
  *
- * DatabaseHealth pings MongoDB every 250 ms (one ping at a time) with a deadline of its own and
- * keeps the verdict, so readiness never waits on the database, and requests learn within 1.25 s
+ * DatabaseHealth pings MongoDB every 250 ms (one ping at a time, on a connection of its own) and
+ * keeps the verdict, so readiness never waits on the database, and requests learn within 1.5 s
  * that it has stopped answering (src/http/guards.ts then answers 503 at once instead of letting
  * every request wait for its own timeout and pile up in memory).
  */
 import Router, { type RouterMiddleware } from '@koa/router';
-import type { Connection } from 'mongoose';
+import mongoose from 'mongoose';
 import type { Logger } from './logger.ts';
 
-/** A ping slower than the deadline counts as no answer: a hang is noticed within 1.25 s. */
 const PING_INTERVAL_MS = 250;
+/** One ping's deadline: slower counts as no answer. */
 const PING_DEADLINE_MS = 1000;
+/**
+ * Down once no ping has answered for this long: a hang is noticed within 1.5 s, and a ping that
+ * fails at once (a refused connection) is not the verdict by itself.
+ */
+const DOWN_AFTER_MS = 1250;
 
 export class DatabaseHealth {
-  private readonly connection: Connection;
+  private readonly uri: string;
   private readonly logger: Logger;
+  private client: InstanceType<typeof mongoose.mongo.MongoClient> | undefined;
   private up = true;
+  private lastAnswer = Date.now();
   private checkedAt: Date | undefined;
-  private pending = false;
+  private pendingSince: number | undefined;
   private timer: NodeJS.Timeout | undefined;
   private readonly downListeners = new Set<() => void>();
 
-  constructor(connection: Connection, logger: Logger) {
-    this.connection = connection;
+  constructor(uri: string, logger: Logger) {
+    this.uri = uri;
     this.logger = logger;
   }
 
-  /** True until a ping fails or misses its deadline; true again after the next one that answers. */
+  /** False from DOWN_AFTER_MS without an answer until the next ping that answers. */
   get available(): boolean {
     return this.up;
   }
@@ -44,34 +51,50 @@ export class DatabaseHealth {
     return () => this.downListeners.delete(listener);
   }
 
-  start(): () => void {
+  /**
+   * Pings on a client of its own (one connection): what is measured is the database, not a pool
+   * that requests may have filled. Returns the stop function.
+   */
+  start(): () => Promise<void> {
+    this.client = new mongoose.mongo.MongoClient(this.uri, {
+      maxPoolSize: 1, serverSelectionTimeoutMS: PING_DEADLINE_MS, connectTimeoutMS: PING_DEADLINE_MS, socketTimeoutMS: 2 * PING_DEADLINE_MS,
+    });
+    this.lastAnswer = Date.now();
     this.check();
     this.timer = setInterval(() => this.check(), PING_INTERVAL_MS);
     this.timer.unref();
-    return () => clearInterval(this.timer);
+    return async () => {
+      clearInterval(this.timer);
+      await this.client?.close(true).catch(() => {});
+    };
   }
 
   private check(): void {
-    // Only one ping is ever waiting on the database; one past its deadline keeps the verdict "down".
-    if (this.pending) return;
-    this.pending = true;
-    let timer: NodeJS.Timeout | undefined;
-    const deadline = new Promise<boolean>((resolve) => { timer = setTimeout(() => resolve(false), PING_DEADLINE_MS); });
-    const ping = this.connection.db!.admin().ping().then(() => true, () => false).finally(() => {
-      this.pending = false;
-      clearTimeout(timer);
+    const now = Date.now();
+    // Only one ping is ever waiting on the database; one past its deadline is a missed answer.
+    if (this.pendingSince !== undefined) {
+      if (now - this.pendingSince > PING_DEADLINE_MS) this.judge(now);
+      return;
+    }
+    this.pendingSince = now;
+    this.client!.db('admin').command({ ping: 1 }).then(
+      () => { this.lastAnswer = Date.now(); },
+      () => {},
+    ).finally(() => {
+      this.pendingSince = undefined;
+      this.judge(Date.now());
     });
-    void Promise.race([ping, deadline]).then((ok) => this.report(ok));
   }
 
-  private report(ok: boolean): void {
-    this.checkedAt = new Date();
+  private judge(now: number): void {
+    this.checkedAt = new Date(now);
+    const ok = now - this.lastAnswer <= DOWN_AFTER_MS;
     if (ok === this.up) return;
     this.up = ok;
     if (ok) {
       this.logger.info('database answering again');
     } else {
-      this.logger.error(`database did not answer a ping within ${PING_DEADLINE_MS} ms: answering 503 until it does`);
+      this.logger.error(`database has not answered a ping for ${DOWN_AFTER_MS} ms: answering 503 until it does`);
       for (const listener of this.downListeners) listener();
     }
   }

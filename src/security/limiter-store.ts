@@ -200,6 +200,7 @@ export class LimiterStore {
   private merging = false;
   private probing = false;
   private probeTimer: NodeJS.Timeout | undefined;
+  private mergeFailing = false;
   private closed = false;
   private readonly circuit: Circuit = { open: () => this.open, succeeded: () => this.succeeded(), failed: () => this.failed() };
   // ioredis reconnecting after a restart: probe at once rather than at the next tick.
@@ -276,9 +277,13 @@ export class LimiterStore {
     try {
       for (const limiter of this.limiters) await limiter.merge(this.redis!);
       if (!this.open) for (const limiter of this.limiters) limiter.prune();
+      this.mergeFailing = false;
       return true;
-    } catch {
+    } catch (error) {
       // Redis failed again: what got there is not added twice, the rest waits for the next merge.
+      // Said once per streak: a Redis that answers pings but refuses the merge keeps limits local.
+      if (!this.mergeFailing) this.logger.warn({ err: error }, 'adding the limits counted in memory to Redis failed; retrying');
+      this.mergeFailing = true;
       this.unmerged = true;
       return false;
     } finally {
