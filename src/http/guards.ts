@@ -41,10 +41,26 @@ export interface RequestGuards {
 
 type Cut = 'deadline' | 'database';
 
+/** How often requests are checked against their deadline (one timer for all of them). */
+const SWEEP_MS = 250;
+
 export function requestGuards({ maxInFlight, deadlineMs, database, draining, logger }: GuardOptions): RequestGuards {
   let inFlight = 0;
   let idleWaiters: (() => void)[] = [];
   let refusedSince = 0;
+  /** Requests not yet answered, each with the function that answers it early. */
+  const waiting = new Map<(reason: Cut) => void, number>();
+  let sweeper: NodeJS.Timeout | undefined;
+  const sweep = () => {
+    const now = performance.now();
+    for (const [cut, started] of waiting) if (now - started >= deadlineMs) cut('deadline');
+    if (waiting.size > 0) return;
+    clearInterval(sweeper);
+    sweeper = undefined;
+  };
+  database.onDown(() => {
+    for (const cut of waiting.keys()) cut('database');
+  });
 
   const guarded: Middleware = async (ctx, next) => {
     if (HEALTH.has(ctx.path)) return next();
@@ -66,14 +82,12 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
       for (const resolve of idleWaiters) resolve();
       idleWaiters = [];
     });
-    let timer: NodeJS.Timeout | undefined;
-    let unsubscribe = () => {};
-    const cut = new Promise<Cut>((resolve) => {
-      timer = setTimeout(() => resolve('deadline'), deadlineMs);
-      unsubscribe = database.onDown(() => resolve('database'));
-    });
+    let cut: (reason: Cut) => void = () => {};
+    const cutShort = new Promise<Cut>((resolve) => { cut = resolve; });
+    waiting.set(cut, performance.now());
+    sweeper ??= setInterval(sweep, SWEEP_MS).unref();
     try {
-      const outcome = await Promise.race([work.then(() => undefined), cut]);
+      const outcome = await Promise.race([work.then(() => undefined), cutShort]);
       if (outcome !== undefined) {
         // The abandoned work may still fail; its error has nobody left to answer.
         work.catch(() => {});
@@ -83,8 +97,7 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
         await answerUnavailable(ctx);
       }
     } finally {
-      clearTimeout(timer);
-      unsubscribe();
+      waiting.delete(cut);
     }
     return undefined;
   };
