@@ -1,7 +1,14 @@
+import os from 'node:os';
 import argon2 from 'argon2';
 import type { Config } from '../config.ts';
 
 export const PASSWORD_MAX_LENGTH = 128;
+
+/**
+ * Hashes computed at once: one per core. More would not finish sooner (argon2 is CPU-bound), but
+ * each holds its memory cost (19 MiB by default) while it waits for a core.
+ */
+const AT_ONCE = Math.max(1, os.availableParallelism());
 
 /** argon2id hashing with the configured (OWASP minimum or stronger) cost. */
 export class PasswordHasher {
@@ -9,6 +16,8 @@ export class PasswordHasher {
   /** A real hash of a random value, verified against when the account does not exist so that
    *  unknown emails cost the same time as wrong passwords. */
   private dummyHash: Promise<string>;
+  private running = 0;
+  private readonly waiting: (() => void)[] = [];
 
   constructor(cost: Config['argon2']) {
     this.options = {
@@ -21,14 +30,28 @@ export class PasswordHasher {
   }
 
   hash(password: string): Promise<string> {
-    return argon2.hash(password, this.options);
+    return this.oneOfFew(() => argon2.hash(password, this.options));
   }
 
   async verify(hash: string | undefined, password: string): Promise<boolean> {
     try {
-      return await argon2.verify(hash ?? (await this.dummyHash), password);
+      const stored = hash ?? (await this.dummyHash);
+      return await this.oneOfFew(() => argon2.verify(stored, password));
     } catch {
       return false;
+    }
+  }
+
+  /** Runs `work` when fewer than AT_ONCE hashes are running; a finished one hands its slot on. */
+  private async oneOfFew<T>(work: () => Promise<T>): Promise<T> {
+    if (this.running < AT_ONCE) this.running += 1;
+    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    try {
+      return await work();
+    } finally {
+      const next = this.waiting.shift();
+      if (next) next();
+      else this.running -= 1;
     }
   }
 
