@@ -72,21 +72,25 @@ describe('LimiterStore against a failing Redis', () => {
     client.disconnect();
   });
 
-  /** Hangs Redis and opens the circuit with reads, which change nothing when Redis runs them late. */
+  /**
+   * Hangs Redis and opens the circuit with a read (which changes nothing when Redis runs it late);
+   * answers the times of that read and of the next, which must no longer wait on Redis.
+   */
   async function hang(limiter: Limiter): Promise<number[]> {
     faulty.pause();
-    return [await timed(() => limiter.get('x')), await timed(() => limiter.get('x')), await timed(() => limiter.get('x'))];
+    return [await timed(() => limiter.get('x')), await timed(() => limiter.get('x'))];
   }
 
-  test('stops asking a hung Redis after three timeouts, then merges what memory counted once it answers', async () => {
+  test('stops asking a hung Redis after one timeout, then merges what memory counted once it answers', async () => {
     const name = unique('rl');
     const limiter = store.create(name, { points: 5, seconds: 60 });
     const key = hashKey('someone');
     await limiter.consume(key);
     expect(store.state()).toBe('shared');
 
-    const timeouts = await hang(limiter);
-    for (const ms of timeouts) expect(ms).toBeGreaterThanOrEqual(400);
+    const [timeout, next] = await hang(limiter);
+    expect(timeout).toBeGreaterThanOrEqual(400);
+    expect(next).toBeLessThan(100);
     expect(store.state()).toBe('local');
     const fast: number[] = [];
     for (let i = 0; i < 5; i++) fast.push(await timed(() => limiter.consume(key)));

@@ -23,8 +23,12 @@ export interface Limiter {
 /** 'local': Redis is configured but not used for now, so each instance counts on its own. */
 export type LimiterState = 'shared' | 'local' | 'not configured';
 
-/** Redis failures in a row (timeouts, refused connections) after which it is no longer asked. */
-const FAILURES_TO_OPEN = 3;
+/**
+ * Redis failures in a row (timeouts, refused connections) after which it is no longer asked: the
+ * first, so a hung Redis costs one command timeout, not one per request. Opening is cheap to undo:
+ * the probe closes the circuit within a second of Redis answering, merging what memory counted.
+ */
+const FAILURES_TO_OPEN = 1;
 const PROBE_INTERVAL_MS = 1000;
 /** Bounds every probe and merge step by itself, whatever timeout the Redis client has. */
 const REDIS_DEADLINE_MS = 1000;
@@ -246,7 +250,7 @@ export class LimiterStore {
     this.failures += 1;
     if (this.open || this.failures < FAILURES_TO_OPEN || this.closed) return;
     this.open = true;
-    this.logger.warn(`redis failed ${FAILURES_TO_OPEN} times in a row: rate limits and lockout are counted per instance, in memory, until it answers again`);
+    this.logger.warn('redis failed: rate limits and lockout are counted per instance, in memory, until it answers again');
     this.probeTimer = setInterval(() => void this.probe(), PROBE_INTERVAL_MS);
     this.probeTimer.unref();
   }
