@@ -125,7 +125,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   const account = accountPages({
     config, provider, store: services.store, accounts: services.accounts, mfa: services.mfa,
     mailer: services.mailer, audit: services.audit, logger,
-    tokens: services.accountTokens, rateLimits: services.rateLimits, lockout: services.lockout,
+    tokens: services.accountTokens, rateLimits: services.rateLimits, lockout: services.lockout, revocations: services.revocations,
   });
   app.use(account.routes());
   app.use(account.allowedMethods());

@@ -294,6 +294,25 @@ describe('revoking JWT access tokens for the documents API', () => {
     await expectRefusedByB(token, Date.now());
   });
 
+  test("removing an app's access on A's account page: B refuses that app's tokens, and only that app's", async () => {
+    const browser = new Browser();
+    const token = await apiTokenFromA(browser);
+    const otherApp = await registerRelyingParty('openid documents:read');
+    const otherToken = (await tokensFrom(a, otherApp, new Browser(), { scope: 'openid documents:read' })).access_token;
+    on(a);
+    const accountPage = await browser.follow(await browser.get(`${issuer}/account/sign-in`), issuer);
+    const html = await accountPage.text();
+    // One "remove access" form per app: the one for the documents app, found by its grant.
+    const forms = html.split('action="/account/apps/revoke"').slice(1).map((rest) => readForm(`<form method="post" action="/account/apps/revoke"${rest}`, accountPage.url));
+    const grants = await services.store.collection('Grant').find({ 'payload.clientId': documentsRp.client.client_id }).toArray();
+    const remove = forms.find((form) => grants.some((grant) => grant._id === form.fields.grant));
+    expect(remove).toBeDefined();
+    expect((await browser.post(remove!.action, remove!.fields)).status).toBe(303);
+    await expectRefusedByB(token, Date.now());
+    on(b);
+    expect((await documents(otherToken)).status).toBe(200);
+  });
+
   test("signing out everywhere on A's account page: B refuses the account's tokens within REVOCATION_REFRESH_SECONDS", async () => {
     const browser = new Browser();
     const token = await apiTokenFromA(browser);

@@ -17,6 +17,7 @@ import type { AuditLog } from '../audit/log.ts';
 import type { Config } from '../config.ts';
 import { AppError } from '../http/errors.ts';
 import type { Mailer } from '../mail/mailer.ts';
+import { grantSubject, type TokenRevocations } from '../oidc/revocations.ts';
 import type { Logger } from '../observability/logger.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
@@ -60,9 +61,10 @@ export interface AccountPagesDeps {
   tokens: AccountTokens;
   rateLimits: RateLimits;
   lockout: Lockout;
+  revocations: TokenRevocations;
 }
 
-export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger, tokens, rateLimits, lockout }: AccountPagesDeps): Router {
+export function accountPages({ config, provider, store, accounts, mfa, mailer, audit, logger, tokens, rateLimits, lockout, revocations }: AccountPagesDeps): Router {
   const router = new Router({ prefix: '/account' });
   const policy = accounts.passwordPolicy;
 
@@ -304,6 +306,8 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     if (!grant || grant.accountId !== account.id) throw new AppError('not_found', 'That app is not connected to your account.', 404);
     const grants = await store.collection('Grant').find({ 'payload.accountId': account.id, 'payload.clientId': grant.clientId }).toArray();
     await Promise.all(grants.map((g) => store.revokeGrant(g._id)));
+    // The app's JWT access tokens for the documents API are not stored, so they are revoked too.
+    await revocations.revoke('grant', grantSubject(account.id, String(grant.clientId)));
     await record(ctx, 'account.app.revoke', account.id);
     done(ctx, 'app-removed');
   });

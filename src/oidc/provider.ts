@@ -229,8 +229,10 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       // A grant is only ever used for the account and client it was given by.
       return grant && grant.accountId === session?.accountId && grant.clientId === client!.clientId ? grant : undefined;
     },
-    // Signing out of an app (or everywhere) ends its tokens but keeps the consent; reusing a code
-    // or a refresh token, or revoking a refresh token, still ends the whole grant.
+    // Signing out of an app (or everywhere) ends its stored tokens but keeps the consent; reusing
+    // a code or a refresh token, or revoking a refresh token, still ends the whole grant. JWT
+    // access tokens are not stored: they end with "remove access", "sign out everywhere" or a
+    // client's revocation (src/oidc/revocations.ts), or when they expire.
     revokeGrantPolicy: (ctx) => !String(ctx.oidc.route).startsWith('end_session')
       && !(ctx.oidc.route === 'revocation' && ctx.oidc.entities.AccessToken),
     features: {

@@ -5,13 +5,14 @@
  * rotation) also records "nothing issued to it before now is valid". Each instance keeps the
  * records of the last access-token lifetime in memory and re-reads them every few seconds, so a
  * revocation made anywhere (another instance, the CLI) takes effect within that interval, and
- * checking a token costs two map lookups.
+ * checking a token costs three map lookups. Removing an app's access on the account page revokes
+ * what that app holds for that account ("grant": the pair of both).
  */
 import type { Collection, Connection } from 'mongoose';
 import type { Logger } from '../observability/logger.ts';
 
 interface RevocationRecord {
-  /** "account:<id>" or "client:<id>". */
+  /** "account:<id>", "client:<id>" or "grant:<account id> <client id>". */
   _id: string;
   /** Tokens issued at or before this instant are revoked. */
   notAfter: Date;
@@ -19,7 +20,10 @@ interface RevocationRecord {
   expiresAt: Date;
 }
 
-export type RevocationSubject = 'account' | 'client';
+export type RevocationSubject = 'account' | 'client' | 'grant';
+
+/** The id of a "grant" revocation: what one account gave one client. */
+export const grantSubject = (accountId: string, clientId: string) => `${accountId} ${clientId}`;
 
 const RETENTION_MARGIN_MS = 10 * 60_000;
 
@@ -52,15 +56,17 @@ export class TokenRevocations {
   }
 
   /**
-   * True when the token (issued at `iat`, seconds) belongs to a revoked account or client. Token
+   * True when the token (issued at `iat`, seconds) belongs to a revoked account, client or the pair. Token
    * times have one-second resolution, so a token issued in the same second as the revocation is
    * refused too: the safe side of the ambiguity.
    */
   isRevoked(accountId: string | undefined, clientId: string, iat: number): boolean {
     const issuedAt = iat * 1000;
-    const account = accountId === undefined ? undefined : this.snapshot.get(`account:${accountId}`);
-    const client = this.snapshot.get(`client:${clientId}`);
-    return (account !== undefined && issuedAt <= account) || (client !== undefined && issuedAt <= client);
+    const revokedAt = [
+      this.snapshot.get(`client:${clientId}`),
+      ...(accountId === undefined ? [] : [this.snapshot.get(`account:${accountId}`), this.snapshot.get(`grant:${grantSubject(accountId, clientId)}`)]),
+    ];
+    return revokedAt.some((at) => at !== undefined && issuedAt <= at);
   }
 
   /** Re-reads the live records (and drops expired ones, which matter to no token any more). */
