@@ -39,6 +39,9 @@ const GRANTABLE = new Set<string>([
   'AccessToken', 'AuthorizationCode', 'RefreshToken', 'DeviceCode', 'BackchannelAuthenticationRequest',
 ]);
 
+/** Models oidc-provider saves again under the same id (a session on every sign-in, ...). */
+const RESAVED = new Set<string>(['Session', 'Interaction', 'Grant', 'Client']);
+
 /** Secondary keys that get an `_id`-keyed pointer; their values never change for an artifact. */
 const SECONDARY_KEYS: Record<string, 'uid' | 'userCode'> = { Session: 'uid', DeviceCode: 'userCode' };
 
@@ -240,14 +243,17 @@ export class MongoAdapter implements Adapter {
       doc.expiresAt = new Date(Date.now() + expiresIn * 1000);
     }
     // Most artifacts are written once under a fresh id, and a plain insert is much cheaper than
-    // an upsert on FerretDB (which implements upsert as a read and a write); fall back to a
-    // replace for the ones that are saved again (Session, Interaction, Grant, Client).
-    try {
-      await this.collection.insertOne(doc);
-    } catch (error) {
-      if (!isDuplicateKey(error)) throw error;
-      // upsert: the document may have been swept or destroyed since the insert failed.
+    // an upsert on FerretDB (which implements upsert as a read and a write). The models saved
+    // again go straight to the upsert: one command, not a failing insert and then a replace.
+    if (RESAVED.has(this.model)) {
       await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
+    } else {
+      try {
+        await this.collection.insertOne(doc);
+      } catch (error) {
+        if (!isDuplicateKey(error)) throw error;
+        await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
+      }
     }
     const key = SECONDARY_KEYS[this.model];
     const value = key ? payload[key] : undefined;

@@ -15,8 +15,10 @@ export interface RunningServer {
   close(): Promise<void>;
 }
 
-export async function startServer(config: Config, logger: Logger = createLogger(config.logLevel)): Promise<RunningServer> {
-  const { services, stop } = await startServices(config, logger);
+export async function startServer(
+  config: Config, logger: Logger = createLogger(config.logLevel), options: { monitorCommands?: boolean } = {},
+): Promise<RunningServer> {
+  const { services, stop } = await startServices(config, logger, options);
   let draining = false;
   const app = createApp(services, { draining: () => draining });
   const { http: limits } = config;

@@ -77,6 +77,8 @@ export interface Services {
 interface OpenOptions {
   /** A development server creates the signing keys of a database that has none. */
   mayGenerateKeys?: boolean;
+  /** The driver emits an event per command (tests and the bench count them); off costs nothing. */
+  monitorCommands?: boolean;
 }
 
 /**
@@ -89,11 +91,11 @@ const MONGO_TIMEOUTS = { serverSelectionTimeoutMS: 1000, connectTimeoutMS: 2000,
 /** A database that is still starting (or restarting) gets this long before start-up gives up. */
 const MONGO_START_ATTEMPTS = 15;
 
-async function connectMongo(config: Config, logger: Logger): Promise<{ connection: Connection; uri: string }> {
+async function connectMongo(config: Config, logger: Logger, monitorCommands = false): Promise<{ connection: Connection; uri: string }> {
   const uri = config.mongodbUri ?? (await ensureDevMongo(config.dataDir, (m) => logger.info(m)));
   // Filters built from user input never carry query operators, even if validation missed one.
   mongoose.set('sanitizeFilter', true);
-  const options = { ...MONGO_TIMEOUTS, socketTimeoutMS: config.mongodbOperationTimeoutMs, autoIndex: false, bufferCommands: false };
+  const options = { ...MONGO_TIMEOUTS, socketTimeoutMS: config.mongodbOperationTimeoutMs, autoIndex: false, bufferCommands: false, monitorCommands };
   for (let attempt = 1; ; attempt++) {
     try {
       return { connection: await mongoose.createConnection(uri, options).asPromise(), uri };
@@ -166,7 +168,7 @@ async function signingKeys(connection: Connection, config: Config, options: Open
 }
 
 export async function openServices(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Services> {
-  const { connection, uri } = await connectMongo(config, logger);
+  const { connection, uri } = await connectMongo(config, logger, options.monitorCommands);
   let redis: Redis | undefined;
   try {
     redis = connectRedis(config, logger);
@@ -236,8 +238,10 @@ async function ensureAccountConsole(services: Services): Promise<void> {
  * The serving process's part: opens the services, then the work no CLI command may do. Returns
  * the services and a function that stops the timers and workers (before closing the services).
  */
-export async function startServices(config: Config, logger: Logger): Promise<{ services: Services; stop: () => Promise<void> }> {
-  const services = await openServices(config, logger, { mayGenerateKeys: !config.isProduction });
+export async function startServices(
+  config: Config, logger: Logger, options: Pick<OpenOptions, 'monitorCommands'> = {},
+): Promise<{ services: Services; stop: () => Promise<void> }> {
+  const services = await openServices(config, logger, { ...options, mayGenerateKeys: !config.isProduction });
   const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
   const stops: (() => void | Promise<void>)[] = [];
   const stopAll = async () => {

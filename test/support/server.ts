@@ -15,7 +15,7 @@ export interface TestServer extends RunningServer {
   readonly issuer: string;
 }
 
-export async function startTestServer(env: Record<string, string> = {}): Promise<TestServer> {
+export async function startTestServer(env: Record<string, string> = {}, options: { monitorCommands?: boolean } = {}): Promise<TestServer> {
   const port = await freePort();
   const issuer = `http://127.0.0.1:${port}`;
   const config = loadConfig({
@@ -31,7 +31,7 @@ export async function startTestServer(env: Record<string, string> = {}): Promise
     ...RELAXED_PROTECTION,
     ...env,
   });
-  const running = await startServer(config, createLogger(config.logLevel));
+  const running = await startServer(config, createLogger(config.logLevel), options);
   const close = running.close.bind(running);
   // Each suite has a database of its own; drop it so a shared server (MONGODB_URI) stays clean.
   return Object.assign(running, {
