@@ -279,8 +279,8 @@ describe('revoking JWT access tokens for the documents API', () => {
     expect(response.headers.get('www-authenticate')).toContain('error="invalid_token"');
   }
 
-  async function apiTokenFromA(browser = new Browser()): Promise<string> {
-    const tokens = await tokensFrom(a, documentsRp, browser, { scope: 'openid documents:read' });
+  async function apiTokenFromA(browser = new Browser(), client = documentsRp): Promise<string> {
+    const tokens = await tokensFrom(a, client, browser, { scope: 'openid documents:read' });
     on(b);
     expect((await documents(tokens.access_token)).status).toBe(200);
     return tokens.access_token;
@@ -289,22 +289,26 @@ describe('revoking JWT access tokens for the documents API', () => {
   // A JWT access token cannot be revoked by itself at /token/revocation (oidc-provider answers
   // unsupported_token_type, as RFC 7009 allows); its client's and its account's revocations can.
   test("rotating the client's secret (an admin command): B refuses the client's tokens within REVOCATION_REFRESH_SECONDS", async () => {
-    const token = await apiTokenFromA();
-    await services.clients.rotateSecret(documentsRp.config.clientMetadata().client_id);
+    // A client of its own: the revocation would also refuse the other tests' tokens of this second.
+    const rotated = await registerRelyingParty('openid documents:read');
+    const token = await apiTokenFromA(new Browser(), rotated);
+    await services.clients.rotateSecret(rotated.client.client_id);
     await expectRefusedByB(token, Date.now());
   });
 
   test("removing an app's access on A's account page: B refuses that app's tokens, and only that app's", async () => {
+    // Apps of its own: the revocation would also refuse the other tests' tokens of this second.
+    const removed = await registerRelyingParty('openid documents:read');
     const browser = new Browser();
-    const token = await apiTokenFromA(browser);
+    const token = await apiTokenFromA(browser, removed);
     const otherApp = await registerRelyingParty('openid documents:read');
     const otherToken = (await tokensFrom(a, otherApp, new Browser(), { scope: 'openid documents:read' })).access_token;
     on(a);
     const accountPage = await browser.follow(await browser.get(`${issuer}/account/sign-in`), issuer);
     const html = await accountPage.text();
-    // One "remove access" form per app: the one for the documents app, found by its grant.
+    // One "remove access" form per app: the one for the removed app, found by its grant.
     const forms = html.split('action="/account/apps/revoke"').slice(1).map((rest) => readForm(`<form method="post" action="/account/apps/revoke"${rest}`, accountPage.url));
-    const grants = await services.store.collection('Grant').find({ 'payload.clientId': documentsRp.client.client_id }).toArray();
+    const grants = await services.store.collection('Grant').find({ 'payload.clientId': removed.client.client_id }).toArray();
     const remove = forms.find((form) => grants.some((grant) => grant._id === form.fields.grant));
     expect(remove).toBeDefined();
     expect((await browser.post(remove!.action, remove!.fields)).status).toBe(303);
