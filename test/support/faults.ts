@@ -35,6 +35,21 @@ async function gone(pid: number): Promise<void> {
   throw new Error(`process ${pid} did not exit`);
 }
 
+/**
+ * SIGSTOP takes effect at the process's next trip through the kernel: until /proc says it is
+ * stopped, a command sent at once could still be answered. Waits (synchronously, at most 500 ms).
+ */
+function waitUntilStopped(pid: number): void {
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (let i = 0; i < 500; i++) {
+    // The state follows the command name, which is in parentheses and may contain spaces.
+    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
+    if (/^\S+ \(.*\) [tT] /s.test(stat)) return;
+    Atomics.wait(pause, 0, 0, 1);
+  }
+  throw new Error(`process ${pid} did not stop`);
+}
+
 async function faulty(start: (dir: string, port?: number) => Promise<LocalService>): Promise<FaultyService> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'oidc-idp-fault-'));
   let service = await start(dir);
@@ -44,7 +59,11 @@ async function faulty(start: (dir: string, port?: number) => Promise<LocalServic
   const signal = (name: NodeJS.Signals) => process.kill(service.pid, name);
   return {
     uri: service.uri,
-    pause() { signal('SIGSTOP'); paused = true; },
+    pause() {
+      signal('SIGSTOP');
+      paused = true;
+      waitUntilStopped(service.pid);
+    },
     resume() { signal('SIGCONT'); paused = false; },
     async kill() {
       signal('SIGKILL');
