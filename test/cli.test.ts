@@ -93,7 +93,8 @@ describe('client', () => {
       '--redirect-uri', 'https://app.example.com/cb', '--redirect-uri', 'https://app.example.com/cb2',
       '--post-logout-redirect-uri', 'https://app.example.com/bye');
     expect(confidential).toMatchObject({
-      client_id: expect.any(String),
+      // Hex: an id never starts with "-", which a command line would take for an option.
+      client_id: expect.stringMatching(/^[0-9a-f]{32}$/),
       client_secret: expect.any(String),
       client_name: 'Web App',
       redirect_uris: ['https://app.example.com/cb', 'https://app.example.com/cb2'],

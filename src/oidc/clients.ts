@@ -146,6 +146,14 @@ function newSecret(): string {
   return randomBytes(32).toString('base64url');
 }
 
+/**
+ * 128 random bits in hex: unlike base64url, never starting with "-", which every command line
+ * (ours included) would read as an option (`client update -Sx...`).
+ */
+function newClientId(): string {
+  return randomBytes(16).toString('hex');
+}
+
 export class ClientService {
   private readonly store: ArtifactStore;
   private readonly provider: Provider;
@@ -175,7 +183,7 @@ export class ClientService {
     }
     const usesRedirects = grantTypes.includes('authorization_code');
     const metadata: StoredClient = {
-      client_id: base.client_id ?? randomBytes(16).toString('base64url'),
+      client_id: base.client_id ?? newClientId(),
       client_id_issued_at: base.client_id_issued_at ?? Math.floor(Date.now() / 1000),
       client_name: input.name ?? base.client_name,
       application_type: input.applicationType ?? base.application_type ?? 'web',
