@@ -24,7 +24,7 @@
  * Consumption is decided by inserting `{_id: "<model>:<id>"}` into `oidc_consumed`: a unique-key
  * insert is atomic on every backend, while a conditional update is not atomic on FerretDB v1.
  */
-import type { Collection, Connection } from 'mongoose';
+import mongoose, { type Collection, type Connection } from 'mongoose';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
 
 export const MODEL_NAMES = [
@@ -246,7 +246,13 @@ export class MongoAdapter implements Adapter {
     // an upsert on FerretDB (which implements upsert as a read and a write). The models saved
     // again go straight to the upsert: one command, not a failing insert and then a replace.
     if (RESAVED.has(this.model)) {
-      await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
+      // FerretDB's upsert is a read and then an insert: two first writes of one id (two instances
+      // creating the built-in client) both insert, and the loser fails on the unique _id (not as
+      // 11000). Once more finds the document the other wrote; a real error fails again.
+      await this.collection.replaceOne({ _id: id }, doc, { upsert: true }).catch((error: unknown) => {
+        if (!(error instanceof mongoose.mongo.MongoServerError)) throw error;
+        return this.collection.replaceOne({ _id: id }, doc, { upsert: true });
+      });
     } else {
       try {
         await this.collection.insertOne(doc);

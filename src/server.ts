@@ -51,8 +51,8 @@ export async function startServer(
     /**
      * Graceful: readiness fails and every answer asks for its connection to be closed; after
      * SHUTDOWN_DELAY_SECONDS no new connections are taken and idle ones close; requests in flight
-     * (and the mail being sent) get SHUTDOWN_GRACE_SECONDS, then whatever is left is cut and the
-     * connections closed (neither waits on a hung database).
+     * get SHUTDOWN_GRACE_SECONDS, then whatever is left is cut, the mail being sent is finished
+     * and the connections are closed (none of it waits on a hung database).
      */
     close() {
       closing ??= (async () => {
@@ -61,13 +61,15 @@ export async function startServer(
         if (limits.shutdownDelayMs > 0) await delay(limits.shutdownDelayMs);
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
         server.closeIdleConnections();
-        // Timers end and the mail worker takes no new message, finishing the one it is sending
-        // within the same grace as the requests.
-        const stopped = stop();
+        const graceEnds = Date.now() + limits.shutdownGraceMs;
         // idle() ends before the last answer is written; `closed` once it is out and its connection gone.
-        await Promise.race([Promise.all([app.guards.idle(), closed, stopped]), delay(limits.shutdownGraceMs)]);
+        await Promise.race([Promise.all([app.guards.idle(), closed]), delay(limits.shutdownGraceMs)]);
         server.closeAllConnections();
         await closed;
+        // Then the timers, and the mail worker finishes the message it is sending (mail the last
+        // requests queued waits in the outbox for the next instance): what is left of the grace,
+        // and a second at least.
+        await Promise.race([stop(), delay(Math.max(1000, graceEnds - Date.now()))]);
         await services.close();
       })();
       return closing;

@@ -9,7 +9,8 @@ import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 
-const BACKGROUND = new Set(['mail_outbox', 'mail_outbox_leases', 'token_revocations']);
+/** What the mail worker, the revocation poll and the documents' audit relay read on their own. */
+const BACKGROUND = new Set(['mail_outbox', 'mail_outbox_leases', 'token_revocations', 'documents', 'document_idempotency_keys']);
 const password = 'Tundra-Marble-Quiver-58-Lantern';
 
 let server: TestServer;

@@ -305,9 +305,10 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     // Only the account's own grants: another id answers as if it did not exist.
     if (!grant || grant.accountId !== account.id) throw new AppError('not_found', 'That app is not connected to your account.', 404);
     const grants = await store.collection('Grant').find({ 'payload.accountId': account.id, 'payload.clientId': grant.clientId }).toArray();
-    await Promise.all(grants.map((g) => store.revokeGrant(g._id)));
-    // The app's JWT access tokens for the documents API are not stored, so they are revoked too.
+    // The app's JWT access tokens for the documents API are not stored, so they are revoked too;
+    // first, so that a failure leaves the grant there to try again with.
     await revocations.revoke('grant', grantSubject(account.id, String(grant.clientId)));
+    await Promise.all(grants.map((g) => store.revokeGrant(g._id)));
     await record(ctx, 'account.app.revoke', account.id);
     done(ctx, 'app-removed');
   });

@@ -1,5 +1,6 @@
 import os from 'node:os';
 import argon2 from 'argon2';
+import { ServiceUnavailableError } from '../http/unavailable.ts';
 import type { Config } from '../config.ts';
 
 export const PASSWORD_MAX_LENGTH = 128;
@@ -9,6 +10,11 @@ export const PASSWORD_MAX_LENGTH = 128;
  * each holds its memory cost (19 MiB by default) while it waits for a core.
  */
 const AT_ONCE = Math.max(1, os.availableParallelism());
+/**
+ * A hash that has waited this long for a core is given up (503, try again): its request is
+ * answered or nearly so by then, and hashing for it would only delay the ones behind.
+ */
+const MAX_WAIT_MS = 5000;
 
 /** argon2id hashing with the configured (OWASP minimum or stronger) cost. */
 export class PasswordHasher {
@@ -17,7 +23,7 @@ export class PasswordHasher {
    *  unknown emails cost the same time as wrong passwords. */
   private dummyHash: Promise<string>;
   private running = 0;
-  private readonly waiting: (() => void)[] = [];
+  private readonly waiting: { go: () => void; giveUp: (error: Error) => void; since: number }[] = [];
 
   constructor(cost: Config['argon2']) {
     this.options = {
@@ -37,7 +43,9 @@ export class PasswordHasher {
     try {
       const stored = hash ?? (await this.dummyHash);
       return await this.oneOfFew(() => argon2.verify(stored, password));
-    } catch {
+    } catch (error) {
+      // Busy is not a wrong password: it must not count as a failed sign-in.
+      if (error instanceof ServiceUnavailableError) throw error;
       return false;
     }
   }
@@ -45,14 +53,20 @@ export class PasswordHasher {
   /** Runs `work` when fewer than AT_ONCE hashes are running; a finished one hands its slot on. */
   private async oneOfFew<T>(work: () => Promise<T>): Promise<T> {
     if (this.running < AT_ONCE) this.running += 1;
-    else await new Promise<void>((resolve) => this.waiting.push(resolve));
+    else await new Promise<void>((go, giveUp) => this.waiting.push({ go, giveUp, since: Date.now() }));
     try {
       return await work();
     } finally {
-      const next = this.waiting.shift();
-      if (next) next();
-      else this.running -= 1;
+      this.handOn();
     }
+  }
+
+  private handOn(): void {
+    for (let next = this.waiting.shift(); next; next = this.waiting.shift()) {
+      if (Date.now() - next.since <= MAX_WAIT_MS) return next.go();
+      next.giveUp(new ServiceUnavailableError('too many sign-ins at once', 1));
+    }
+    this.running -= 1;
   }
 
   /** True when a stored hash was made with weaker parameters than today's and should be redone. */

@@ -41,6 +41,9 @@ export interface RequestGuards {
 
 type Cut = 'deadline' | 'database';
 
+/** The headers answerUnavailable sets. */
+const UNAVAILABLE_HEADERS = new Set(['retry-after', 'cache-control', 'content-type', 'content-length']);
+
 /** How often requests are checked against their deadline (one timer for all of them). */
 const SWEEP_MS = 250;
 
@@ -91,10 +94,15 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
       if (outcome !== undefined) {
         // The abandoned work may still fail; its error has nobody left to answer.
         work.catch(() => {});
-        // Nothing of the abandoned answer (a cookie, a Location, an ETag) goes out with the 503.
-        for (const name of Object.keys(ctx.response.headers)) if (!headersBefore.has(name)) ctx.remove(name);
+        // Nothing of the abandoned answer (a cookie, a Location, an ETag) goes out with the 503,
+        // not even what it sets while the 503 is being rendered.
+        const strip = (keep: ReadonlySet<string>) => {
+          for (const name of Object.keys(ctx.response.headers)) if (!headersBefore.has(name) && !keep.has(name)) ctx.remove(name);
+        };
+        strip(new Set());
         logger.warn({ requestId: ctx.state.requestId as unknown, path: ctx.path, reason: outcome }, 'request answered 503 before it finished');
         await answerUnavailable(ctx);
+        strip(UNAVAILABLE_HEADERS);
       }
     } finally {
       waiting.delete(cut);

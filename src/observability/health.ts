@@ -56,27 +56,41 @@ export class DatabaseHealth {
    * that requests may have filled. Returns the stop function.
    */
   start(): () => Promise<void> {
-    this.client = new mongoose.mongo.MongoClient(this.uri, {
-      maxPoolSize: 1, serverSelectionTimeoutMS: PING_DEADLINE_MS, connectTimeoutMS: PING_DEADLINE_MS, socketTimeoutMS: 2 * PING_DEADLINE_MS,
-    });
+    this.client = this.newClient();
     this.lastAnswer = Date.now();
     this.check();
     this.timer = setInterval(() => this.check(), PING_INTERVAL_MS);
     this.timer.unref();
     return async () => {
       clearInterval(this.timer);
+      this.timer = undefined;
       await this.client?.close(true).catch(() => {});
     };
   }
 
+  private newClient(): InstanceType<typeof mongoose.mongo.MongoClient> {
+    return new mongoose.mongo.MongoClient(this.uri, {
+      maxPoolSize: 1, serverSelectionTimeoutMS: PING_DEADLINE_MS, connectTimeoutMS: PING_DEADLINE_MS, socketTimeoutMS: 2 * PING_DEADLINE_MS,
+    });
+  }
+
   private check(): void {
-    const now = Date.now();
-    // Only one ping is ever waiting on the database; while it waits, the silence is judged.
-    if (this.pinging) return this.judge(now);
+    // Only one ping is ever waiting on the database; while it waits, the silence is judged, after
+    // the I/O already waiting (a reply that has arrived is read first, not taken for silence).
+    if (this.pinging) {
+      setImmediate(() => this.judge(Date.now()));
+      return;
+    }
     this.pinging = true;
-    this.client!.db('admin').command({ ping: 1 }).then(
+    const client = this.client!;
+    client.db('admin').command({ ping: 1 }).then(
       () => { this.lastAnswer = Date.now(); },
-      () => {},
+      (error: unknown) => {
+        // A client whose first connection failed stays closed for good: ping with a new one.
+        if (!(error instanceof mongoose.mongo.MongoTopologyClosedError) || this.client !== client || this.timer === undefined) return;
+        this.client = this.newClient();
+        void client.close(true).catch(() => {});
+      },
     ).finally(() => {
       this.pinging = false;
       this.judge(Date.now());

@@ -41,10 +41,17 @@ async function gone(pid: number): Promise<void> {
  */
 function waitUntilStopped(pid: number): void {
   const pause = new Int32Array(new SharedArrayBuffer(4));
+  // Every thread: one of a multi-threaded server could still be finishing a reply.
+  const stopped = () => fs.readdirSync(`/proc/${pid}/task`).every((task) => {
+    try {
+      // The state follows the command name, which is in parentheses and may contain spaces.
+      return /^\S+ \(.*\) [tT] /s.test(fs.readFileSync(`/proc/${pid}/task/${task}/stat`, 'utf8'));
+    } catch {
+      return true; // a thread that has just exited sends nothing
+    }
+  });
   for (let i = 0; i < 500; i++) {
-    // The state follows the command name, which is in parentheses and may contain spaces.
-    const stat = fs.readFileSync(`/proc/${pid}/stat`, 'utf8');
-    if (/^\S+ \(.*\) [tT] /s.test(stat)) return;
+    if (stopped()) return;
     Atomics.wait(pause, 0, 0, 1);
   }
   throw new Error(`process ${pid} did not stop`);
