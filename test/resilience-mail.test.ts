@@ -11,7 +11,7 @@ import { LEASE_COLLECTION, OUTBOX_COLLECTION, leaseKey } from '../src/mail/outbo
 import type { Logger } from '../src/observability/logger.ts';
 import { Browser, readForm } from './support/browser.ts';
 import { testMongoUri } from './support/env.ts';
-import { startFaultyMongo } from './support/faults.ts';
+import { startFaultyMongo, type FaultyService } from './support/faults.ts';
 import { startTestServer } from './support/server.ts';
 import { linkFrom, startSilentServer, startSmtpCapture, type SmtpCapture } from './support/smtp.ts';
 
@@ -287,7 +287,15 @@ describe('several workers on one database', () => {
   });
 });
 
-test('while MongoDB does not answer, sends return within seconds without throwing, and the mail goes out once it is back', async () => {
+interface FaultyOutbox {
+  mongo: FaultyService;
+  smtp: SmtpCapture;
+  mailer: MailOutbox;
+  lines: Line[];
+}
+
+/** A running outbox worker on a database of the test's own, which the test may pause or kill. */
+async function withFaultyOutbox(test: (outbox: FaultyOutbox) => Promise<void>): Promise<void> {
   const mongo = await startFaultyMongo();
   const smtp = await startSmtpCapture();
   // As the server connects (src/services.ts): bounded waits, nothing buffered.
@@ -300,58 +308,46 @@ test('while MongoDB does not answer, sends return within seconds without throwin
   try {
     await mailer.ensureIndexes();
     stop = mailer.startWorker();
-    mongo.pause();
-    expect(await timed(mailer.send(reset('erin@example.com')))).toBeLessThan(5000);
-    expect(lines).toContainEqual(expect.objectContaining({ level: 40, msg: 'mail kept in memory until the database answers', template: 'reset-password' }));
-    await sleep(1500);
-    expect(smtp.messages).toHaveLength(0);
-
-    mongo.resume();
-    await smtp.waitFor((mail) => mail.to.includes('erin@example.com'), 20_000);
-    await sleep(2500);
-    expect(addressed(smtp, 'erin@example.com')).toHaveLength(1);
-    expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
-    expect(JSON.stringify(lines)).not.toMatch(/erin|rS4_/);
+    await test({ mongo, smtp, mailer, lines });
   } finally {
     await stop?.();
     await db.close(true);
     await Promise.all([mongo.stop(), smtp.close()]);
   }
-}, 60_000);
+}
 
-test('a message the database refuses for good is dropped from memory and does not hold up the ones kept behind it', async () => {
-  const mongo = await startFaultyMongo();
-  const smtp = await startSmtpCapture();
-  const db = await mongoose.createConnection(`${mongo.uri}/mail`, {
-    autoIndex: false, bufferCommands: false, serverSelectionTimeoutMS: 1000, socketTimeoutMS: 1500, heartbeatFrequencyMS: 1000,
-  }).asPromise();
-  const { logger, lines } = memoryLogger();
-  const mailer = createMailer(loadConfig({ NODE_ENV: 'test', ...RETRY, SMTP_URL: smtp.url }), logger, db);
-  let stop: (() => Promise<void>) | undefined;
-  try {
-    await mailer.ensureIndexes();
-    stop = mailer.startWorker();
-    // Over MongoDB's 16 MB document limit: refused whenever it is tried, the database up or not.
-    await mailer.send({ to: 'huge@example.com', template: 'reset-password', data: { name: 'x'.repeat(9 * 1024 * 1024), link: RESET, expiresInMinutes: 60 } });
-    // Down, not paused: an insert sent to a paused server would still be stored once it resumes.
-    await mongo.kill();
-    await mailer.send(reset('grace@example.com'));
-    expect(lines.filter((line) => line.msg === 'mail kept in memory until the database answers')).toHaveLength(2);
-    await sleep(1500);
-    await mongo.restart();
+test('while MongoDB does not answer, sends return within seconds without throwing, and the mail goes out once it is back', () => withFaultyOutbox(async ({ mongo, smtp, mailer, lines }) => {
+  mongo.pause();
+  expect(await timed(mailer.send(reset('erin@example.com')))).toBeLessThan(5000);
+  expect(lines).toContainEqual(expect.objectContaining({ level: 40, msg: 'mail kept in memory until the database answers', template: 'reset-password' }));
+  await sleep(1500);
+  expect(smtp.messages).toHaveLength(0);
 
-    await smtp.waitFor((mail) => mail.to.includes('grace@example.com'), 20_000);
-    expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
-    const lost = lines.filter((line) => line.msg === 'mail lost: the database refused to store it');
-    expect(lost).toEqual([expect.objectContaining({ level: 50, template: 'reset-password', messageId: expect.stringMatching(/^<.+>$/) })]);
-    expect(addressed(smtp, 'huge@example.com')).toHaveLength(0);
-    expect(JSON.stringify(lines)).not.toMatch(/huge|grace|rS4_|xxxx/);
-  } finally {
-    await stop?.();
-    await db.close(true);
-    await Promise.all([mongo.stop(), smtp.close()]);
-  }
-}, 60_000);
+  mongo.resume();
+  await smtp.waitFor((mail) => mail.to.includes('erin@example.com'), 20_000);
+  await sleep(2500);
+  expect(addressed(smtp, 'erin@example.com')).toHaveLength(1);
+  expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
+  expect(JSON.stringify(lines)).not.toMatch(/erin|rS4_/);
+}), 60_000);
+
+test('a message the database refuses for good is dropped from memory and does not hold up the ones kept behind it', () => withFaultyOutbox(async ({ mongo, smtp, mailer, lines }) => {
+  // Over MongoDB's 16 MB document limit: refused whenever it is tried, the database up or not.
+  await mailer.send({ to: 'huge@example.com', template: 'reset-password', data: { name: 'x'.repeat(9 * 1024 * 1024), link: RESET, expiresInMinutes: 60 } });
+  // Down, not paused: an insert sent to a paused server would still be stored once it resumes.
+  await mongo.kill();
+  await mailer.send(reset('grace@example.com'));
+  expect(lines.filter((line) => line.msg === 'mail kept in memory until the database answers')).toHaveLength(2);
+  await sleep(1500);
+  await mongo.restart();
+
+  await smtp.waitFor((mail) => mail.to.includes('grace@example.com'), 20_000);
+  expect(linkFrom(smtp.messages[0]!.text, '/reset')).toBe(RESET);
+  const lost = lines.filter((line) => line.msg === 'mail lost: the database refused to store it');
+  expect(lost).toEqual([expect.objectContaining({ level: 50, template: 'reset-password', messageId: expect.stringMatching(/^<.+>$/) })]);
+  expect(addressed(smtp, 'huge@example.com')).toHaveLength(0);
+  expect(JSON.stringify(lines)).not.toMatch(/huge|grace|rS4_|xxxx/);
+}), 60_000);
 
 test('end to end: a password reset asked for while SMTP is down answers at once, and its link arrives once SMTP is back', async () => {
   const smtp = await startSmtpCapture();
