@@ -31,17 +31,21 @@ const DATABASE_UNAVAILABLE = [
   mongo.MongoServerSelectionError, mongo.MongoNetworkError, mongo.MongoNotConnectedError, mongo.MongoTopologyClosedError,
   mongo.MongoServerClosedError, mongo.MongoClientClosedError,
 ];
-/** Not exported by the driver, but named: a full pool that did not free a connection in time. */
-const DATABASE_UNAVAILABLE_NAMES = new Set(['MongoWaitQueueTimeoutError', 'MongooseServerSelectionError']);
+/** Not exported by the driver, but named: a full pool that did not free a connection in time, a closed pool. */
+const DATABASE_UNAVAILABLE_NAMES = new Set(['MongoWaitQueueTimeoutError', 'MongoPoolClosedError', 'MongooseServerSelectionError']);
 
-/** The server's own deadline (maxTimeMS) ran out. */
-const MAX_TIME_EXPIRED = 50;
+/**
+ * Server answers that mean "not now": its own deadline (maxTimeMS, 50) ran out, or it is shutting
+ * down or changing primaries (ShutdownInProgress, InterruptedAtShutdown, PrimarySteppedDown,
+ * NotWritablePrimary, InterruptedDueToReplStateChange, NotPrimaryNoSecondaryOk, NotPrimaryOrSecondary).
+ */
+const NOT_NOW_CODES = new Set([50, 91, 11600, 189, 10107, 11602, 13435, 13436]);
 
 export function isUnavailable(error: unknown): boolean {
   if (error instanceof ServiceUnavailableError) return true;
   if (DATABASE_UNAVAILABLE.some((type) => error instanceof type)) return true;
-  if (error instanceof mongo.MongoServerError && error.code === MAX_TIME_EXPIRED) return true;
-  // A replica set between primaries (NotWritablePrimary, InterruptedDueToReplStateChange, ...).
+  if (error instanceof mongo.MongoServerError && typeof error.code === 'number' && NOT_NOW_CODES.has(error.code)) return true;
+  // What the driver itself labels worth retrying (network trouble, a primary that went away).
   if (error instanceof mongo.MongoError && (error.hasErrorLabel('RetryableWriteError') || error.hasErrorLabel('RetryableError'))) return true;
   // oidc-provider's TemporarilyUnavailable carries the status (see src/oidc/provider.ts).
   const { name, status } = (error ?? {}) as { name?: unknown; status?: unknown };
