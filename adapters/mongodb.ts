@@ -12,20 +12,30 @@
  *   destroy(id)                     remove
  *   revokeByGrantId(grantId)        remove everything issued under a grant
  *
- * Two server families are supported on purpose. Real MongoDB removes expired documents with TTL
- * indexes; FerretDB v1 has none, so `ArtifactStore.sweepExpired` deletes them periodically. Either
- * way nothing expired is ever returned, because TTL deletion is lazy even on MongoDB.
+ * Two server families are supported on purpose, told apart once at start-up by trying a TTL index
+ * (`ensureIndexes`):
+ * - Real MongoDB removes expired documents itself and answers `payload.uid` (and the other
+ *   secondary keys) from indexes, so those are plain queries.
+ * - FerretDB v1 has no TTL indexes (ArtifactStore.sweepExpired runs instead) and answers only
+ *   `_id` equality from an index: anything else scans the collection. There a Session (and a
+ *   DeviceCode) is also stored as a copy under `_id: "uid:<uid>"` ("userCode:<code>") in its own
+ *   collection, written in the same command as the artifact, and a Grant has a pointer
+ *   `_id: "for:<account,client>"` beside it. Copies carry `of` (the artifact's id) and pointers
+ *   carry no payload, so `find(id)` never returns either.
+ * Either way nothing expired is ever returned, because TTL deletion is lazy even on MongoDB.
  *
- * Secondary keys (a Session's uid, a DeviceCode's userCode, a Grant's account and client) also get
- * a pointer document in `oidc_lookup` keyed by `_id`, because FerretDB v1 answers only `_id`
- * queries from its indexes and would scan the whole collection for `payload.uid`. Real MongoDB
- * uses either path in O(log n).
+ * Consumption is decided by one unique key, `_id: "consumed:<id>"`, upserted in the artifact's
+ * collection in the same command that marks the artifact: only the upsert that inserts it wins,
+ * on FerretDB too (its upsert is a read and then an insert, and the losing insert fails on the
+ * unique `_id`), while a conditional update would not be atomic there.
  *
- * Consumption is decided by inserting `{_id: "<model>:<id>"}` into `oidc_consumed`: a unique-key
- * insert is atomic on every backend, while a conditional update is not atomic on FerretDB v1.
+ * Reads are remembered for the rest of the request (request-memo.ts), and opaque token ids tell
+ * their model by their length (token-ids.ts).
  */
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
+import { requestMemo } from './request-memo.ts';
+import { mayBeOf } from './token-ids.ts';
 
 export const MODEL_NAMES = [
   'Session', 'Interaction', 'AccessToken', 'AuthorizationCode', 'RefreshToken', 'ClientCredentials',
@@ -40,21 +50,27 @@ const GRANTABLE = new Set<string>([
 ]);
 
 /** Models oidc-provider saves again under the same id (a session on every sign-in, ...). */
-const RESAVED = new Set<string>(['Session', 'Interaction', 'Grant', 'Client']);
+const RESAVED = new Set<string>(['Session', 'Interaction', 'Grant', 'Client', 'DeviceCode']);
 
-/** Secondary keys that get an `_id`-keyed pointer; their values never change for an artifact. */
+/** Secondary keys oidc-provider finds artifacts by; their values never change for an artifact. */
 const SECONDARY_KEYS: Record<string, 'uid' | 'userCode'> = { Session: 'uid', DeviceCode: 'userCode' };
 
-/** The pointer to the one grant an account has given a client (see ArtifactStore.grantIdFor). */
-const grantPointer = (accountId: string, clientId: string) => `Grant:${JSON.stringify([accountId, clientId])}`;
-
-interface LookupDocument { _id: string; id: string; expiresAt?: Date }
+const copyId = (key: string, value: string) => `${key}:${value}`;
+const memoKey = (model: string, id: string) => `${model}\u0000${id}`;
+const consumedId = (id: string) => `consumed:${id}`;
+/** The copy of the one grant an account has given a client (see ArtifactStore.grantIdFor). */
+const grantCopyId = (accountId: string, clientId: string) => `for:${JSON.stringify([accountId, clientId])}`;
 
 interface ArtifactDocument {
   _id: string;
   payload: AdapterPayload;
   expiresAt?: Date;
+  /** Set on a copy stored under a secondary key: the artifact's own id. */
+  of?: string;
 }
+
+/** A grant pointer, or a pointer of the `oidc_lookup` collection that earlier versions wrote. */
+interface PointerDocument { _id: string; id: string; expiresAt?: Date }
 
 const DUPLICATE_KEY = 11000;
 
@@ -86,8 +102,11 @@ export const storedPayload = (payload: AdapterPayload) => mapKeys(payload, escap
 /** A payload as oidc-provider wrote it. */
 export const readPayload = (stored: AdapterPayload) => mapKeys(stored, unescapeKey) as AdapterPayload;
 
-function isLive(doc: ArtifactDocument | null): doc is ArtifactDocument {
-  return doc !== null && (doc.expiresAt === undefined || doc.expiresAt.getTime() > Date.now());
+const notExpired = (expiresAt: Date | undefined) => expiresAt === undefined || expiresAt.getTime() > Date.now();
+
+/** A live artifact (not a copy, a pointer or a consumption marker sharing its collection). */
+function isLive(doc: ArtifactDocument | null | undefined): doc is ArtifactDocument {
+  return doc != null && doc.payload !== undefined && doc.of === undefined && notExpired(doc.expiresAt);
 }
 
 export function collectionName(model: string): string {
@@ -120,33 +139,55 @@ class ClientCache {
   }
 }
 
+/**
+ * FerretDB's upsert is a read and then an insert: two first writes of one id (two instances
+ * creating the built-in client) both insert, and the loser fails on the unique _id (not as
+ * 11000). Once more finds the document the other wrote; a real error fails again.
+ */
+async function retryLostUpsert<T>(write: () => Promise<T>): Promise<T> {
+  try {
+    return await write();
+  } catch (error) {
+    if (!(error instanceof mongoose.mongo.MongoServerError)) throw error;
+    return write();
+  }
+}
+
 /** Owns the collections and their maintenance; adapters are thin views onto it. */
 export class ArtifactStore {
   readonly connection: Connection;
   /** True when the server enforces TTL indexes itself (real MongoDB). */
   ttlIndexes = false;
+  /**
+   * True when secondary keys are queried through the server's indexes (real MongoDB); false when
+   * they are kept as copies and pointers under `_id` (FerretDB v1). Decided with ttlIndexes.
+   */
+  indexedKeys = false;
+  /** Whether `oidc_lookup` holds pointers written by earlier versions (read until they expire). */
+  legacyPointers = false;
   readonly clientCache: ClientCache;
+  private readonly forceIndexedKeys: boolean | undefined;
 
-  constructor(connection: Connection, options: { clientCacheSeconds?: number } = {}) {
+  /** `indexedKeys` overrides the detection (the adapter contract runs both ways on FerretDB). */
+  constructor(connection: Connection, options: { clientCacheSeconds?: number; indexedKeys?: boolean } = {}) {
     this.connection = connection;
     this.clientCache = new ClientCache((options.clientCacheSeconds ?? 0) * 1000);
+    this.forceIndexedKeys = options.indexedKeys;
   }
 
   collection(model: string): Collection<ArtifactDocument> {
     return this.connection.collection<ArtifactDocument>(collectionName(model));
   }
 
-  get consumed(): Collection<{ _id: string; at: Date; expiresAt?: Date }> {
-    return this.connection.collection('oidc_consumed');
-  }
-
-  get lookups(): Collection<LookupDocument> {
+  /** Pointers of earlier versions; only read, and swept as they expire. */
+  get lookups(): Collection<PointerDocument> {
     return this.connection.collection('oidc_lookup');
   }
 
   /**
    * Run once at start-up (never per request). Detects TTL support by trying it. Covers every
-   * collection with expiring documents: the models' plus `oidc_consumed` and `oidc_lookup`.
+   * collection with expiring documents: the models' plus the `oidc_consumed` and `oidc_lookup`
+   * collections of earlier versions.
    */
   async ensureIndexes(): Promise<void> {
     this.ttlIndexes = true;
@@ -156,6 +197,7 @@ export class ArtifactStore {
       if (GRANTABLE.has(model) || model === 'Session' || model === 'Grant') {
         await collection.createIndex({ 'payload.accountId': 1 });
       }
+      if (model === 'Grant') await collection.createIndex({ 'payload.accountId': 1, 'payload.clientId': 1 });
       if (model === 'Session') await collection.createIndex({ 'payload.uid': 1 });
       if (model === 'DeviceCode') await collection.createIndex({ 'payload.userCode': 1 });
       if (this.ttlIndexes) {
@@ -168,6 +210,8 @@ export class ArtifactStore {
       }
       await collection.createIndex({ expiresAt: 1 }, { name: 'expiresAt_sweep' });
     }
+    this.indexedKeys = this.forceIndexedKeys ?? this.ttlIndexes;
+    this.legacyPointers = !this.indexedKeys && (await this.lookups.findOne({}, { projection: { _id: 1 } })) !== null;
   }
 
   /** Deletes expired artifacts; needed where TTL indexes are not enforced. Returns the count. */
@@ -193,29 +237,59 @@ export class ArtifactStore {
 
   /**
    * The grant this account gave this client, if it still exists: consent given in one session
-   * holds in the next. A grant written before pointers existed is not found (consent is asked
-   * once more) rather than paid for with a scan of every grant.
+   * holds in the next. A pointer may outlive its grant; the caller finds the grant by id and
+   * checks it, so a stale pointer costs a question, never access.
    */
   async grantIdFor(accountId: string, clientId: string): Promise<string | undefined> {
-    const pointer = await this.lookups.findOne({ _id: grantPointer(accountId, clientId) });
-    return pointer && (!pointer.expiresAt || pointer.expiresAt.getTime() > Date.now()) ? pointer.id : undefined;
+    if (this.indexedKeys) {
+      const grant = await this.collection('Grant').findOne(
+        { 'payload.accountId': accountId, 'payload.clientId': clientId },
+        { projection: { _id: 1, expiresAt: 1 }, sort: { expiresAt: -1 } },
+      );
+      return grant && notExpired(grant.expiresAt) ? grant._id : undefined;
+    }
+    const copy = await this.collection('Grant').findOne({ _id: grantCopyId(accountId, clientId) });
+    if (copy?.of && isLive({ ...copy, of: undefined })) {
+      // oidc-provider reads the grant next: answered from the copy.
+      requestMemo<ArtifactDocument>()?.set(memoKey('Grant', copy.of), { ...copy, _id: copy.of, of: undefined });
+      return copy.of;
+    }
+    if (copy || !this.legacyPointers) return undefined;
+    const pointer = await this.lookups.findOne({ _id: `Grant:${JSON.stringify([accountId, clientId])}` });
+    return pointer && notExpired(pointer.expiresAt) ? pointer.id : undefined;
   }
 
-  /** Deletes a grant and everything issued under it. */
+  /** Deletes a grant (with its copy) and everything issued under it. */
   async revokeGrant(grantId: string): Promise<void> {
+    requestMemo()?.clear();
     await Promise.all([
       ...[...GRANTABLE].map((model) => this.collection(model).deleteMany({ 'payload.grantId': grantId })),
-      this.collection('Grant').deleteOne({ _id: grantId }),
+      this.adapterFor('Grant').destroy(grantId),
     ]);
   }
 
   /**
    * Signs an account out everywhere: its sessions, grants and every token issued to it. Used when
-   * an account is disabled or its password is changed by an administrator.
+   * an account is disabled or its password is changed by an administrator. Copies carry the
+   * payload, so they go with their artifacts.
    */
   async revokeAccount(accountId: string): Promise<void> {
+    requestMemo()?.clear();
     await Promise.all(['Session', 'Grant', ...GRANTABLE].map((model) =>
       this.collection(model).deleteMany({ 'payload.accountId': accountId })));
+  }
+
+  /** The account's live grants (to one client, or to all), without their copies. */
+  async grantsOf(accountId: string, clientId?: string): Promise<{ id: string; payload: AdapterPayload }[]> {
+    const filter = { 'payload.accountId': accountId, ...(clientId === undefined ? {} : { 'payload.clientId': clientId }), of: { $exists: false } };
+    const docs = await this.collection('Grant').find(filter).toArray();
+    return docs.filter(isLive).map((doc) => ({ id: doc._id, payload: readPayload(doc.payload) }));
+  }
+
+  /** Ends the account's sessions except the one with id `keep` (copies included). */
+  async endOtherSessions(accountId: string, keep: string): Promise<void> {
+    requestMemo()?.clear();
+    await this.collection('Session').deleteMany({ 'payload.accountId': accountId, 'payload.jti': { $ne: keep } });
   }
 
   adapterFor(model: string): MongoAdapter {
@@ -228,12 +302,32 @@ export class MongoAdapter implements Adapter {
   private readonly store: ArtifactStore;
   private readonly collection: Collection<ArtifactDocument>;
   private readonly cache: ClientCache | undefined;
+  private readonly secondaryKey: 'uid' | 'userCode' | undefined;
 
   constructor(model: string, store: ArtifactStore) {
     this.model = model;
     this.store = store;
     this.collection = store.collection(model);
     this.cache = model === 'Client' ? store.clientCache : undefined;
+    this.secondaryKey = SECONDARY_KEYS[model];
+  }
+
+  private memoKey(id: string): string {
+    return memoKey(this.model, id);
+  }
+
+  private remember(id: string, doc: ArtifactDocument | null): void {
+    requestMemo<ArtifactDocument>()?.set(this.memoKey(id), doc);
+  }
+
+  /** The stored document, from this request's memo when it was read or written already. */
+  private async load(id: string): Promise<ArtifactDocument | null> {
+    const memo = requestMemo<ArtifactDocument>();
+    const known = memo?.get(this.memoKey(id));
+    if (known !== undefined) return known;
+    const doc = await this.collection.findOne({ _id: id });
+    memo?.set(this.memoKey(id), doc);
+    return doc;
   }
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
@@ -242,18 +336,20 @@ export class MongoAdapter implements Adapter {
     if (typeof expiresIn === 'number' && expiresIn > 0) {
       doc.expiresAt = new Date(Date.now() + expiresIn * 1000);
     }
-    // Most artifacts are written once under a fresh id, and a plain insert is much cheaper than
-    // an upsert on FerretDB (which implements upsert as a read and a write). The models saved
-    // again go straight to the upsert: one command, not a failing insert and then a replace.
-    if (RESAVED.has(this.model)) {
-      // FerretDB's upsert is a read and then an insert: two first writes of one id (two instances
-      // creating the built-in client) both insert, and the loser fails on the unique _id (not as
-      // 11000). Once more finds the document the other wrote; a real error fails again.
-      await this.collection.replaceOne({ _id: id }, doc, { upsert: true }).catch((error: unknown) => {
-        if (!(error instanceof mongoose.mongo.MongoServerError)) throw error;
-        return this.collection.replaceOne({ _id: id }, doc, { upsert: true });
-      });
+    this.remember(id, doc);
+    const copy = this.store.indexedKeys ? undefined : this.copyIdOf(payload);
+    if (copy) {
+      // One command carries both writes.
+      await retryLostUpsert(() => this.collection.bulkWrite([
+        { replaceOne: { filter: { _id: id }, replacement: doc, upsert: true } },
+        { replaceOne: { filter: { _id: copy }, replacement: { ...doc, _id: copy, of: id }, upsert: true } },
+      ]));
+    } else if (RESAVED.has(this.model)) {
+      // Straight to the upsert: one command, not a failing insert and then a replace.
+      await retryLostUpsert(() => this.collection.replaceOne({ _id: id }, doc, { upsert: true }));
     } else {
+      // Written once under a fresh id: a plain insert is much cheaper than an upsert on FerretDB
+      // (which implements upsert as a read and a write).
       try {
         await this.collection.insertOne(doc);
       } catch (error) {
@@ -261,47 +357,40 @@ export class MongoAdapter implements Adapter {
         await this.collection.replaceOne({ _id: id }, doc, { upsert: true });
       }
     }
-    const key = SECONDARY_KEYS[this.model];
-    const value = key ? payload[key] : undefined;
-    if (typeof value === 'string') await this.point(`${this.model}:${value}`, id, expiresIn, doc.expiresAt);
-    if (this.model === 'Grant' && typeof payload.accountId === 'string' && typeof payload.clientId === 'string') {
-      await this.point(grantPointer(payload.accountId, payload.clientId), id, expiresIn, doc.expiresAt);
-    }
   }
 
-  /**
-   * Keeps the pointer for a secondary key on the artifact. It has to follow a session that
-   * oidc-provider re-keys at sign-in (new id, same uid) and outlive a session whose expiry rolls
-   * forward on use; rewriting it only when the expiry has moved by a good part of the lifetime
-   * keeps that from costing a write on every request.
-   */
-  private async point(key: string, id: string, expiresIn: number | undefined, expiresAt: Date | undefined): Promise<void> {
-    const pointer: LookupDocument = { _id: key, id, ...(expiresAt ? { expiresAt } : {}) };
-    try {
-      await this.store.lookups.insertOne(pointer);
-    } catch (error) {
-      if (!isDuplicateKey(error)) throw error;
-      const stale: Record<string, unknown>[] = [{ id: { $ne: id } }];
-      if (expiresAt && expiresIn) {
-        stale.push({ expiresAt: { $lt: new Date(expiresAt.getTime() - Math.min(3600, expiresIn / 4) * 1000) } });
-      }
-      await this.store.lookups.updateOne({ _id: key, $or: stale }, { $set: pointer });
+  /** Where secondary keys are kept under `_id`: the id of this artifact's copy, if it has one. */
+  private copyIdOf(payload: AdapterPayload | undefined): string | undefined {
+    const value = this.secondaryKey ? payload?.[this.secondaryKey] : undefined;
+    if (this.secondaryKey && typeof value === 'string') return copyId(this.secondaryKey, value);
+    if (this.model === 'Grant' && typeof payload?.accountId === 'string' && typeof payload.clientId === 'string') {
+      return grantCopyId(payload.accountId, payload.clientId);
     }
+    return undefined;
   }
 
   private async findBySecondaryKey(key: 'uid' | 'userCode', value: string): Promise<AdapterPayload | undefined> {
-    const pointer = await this.store.lookups.findOne({ _id: `${this.model}:${value}` });
-    const doc = pointer
-      ? await this.collection.findOne({ _id: pointer.id })
-      : await this.collection.findOne({ [`payload.${key}`]: value }); // written before pointers existed
-    return isLive(doc) && doc.payload[key] === value ? readPayload(doc.payload) : undefined;
+    let doc: ArtifactDocument | null;
+    if (this.store.indexedKeys) {
+      doc = await this.collection.findOne({ [`payload.${key}`]: value, of: { $exists: false } });
+    } else {
+      const copy = await this.collection.findOne({ _id: copyId(key, value) });
+      doc = copy?.of ? { ...copy, _id: copy.of, of: undefined } : null;
+      if (!copy && this.store.legacyPointers) {
+        const pointer = await this.store.lookups.findOne({ _id: `${this.model}:${value}` });
+        doc = pointer ? await this.collection.findOne({ _id: pointer.id }) : null;
+      }
+    }
+    if (!isLive(doc) || doc.payload[key] !== value) return undefined;
+    this.remember(doc._id, doc);
+    return readPayload(doc.payload);
   }
 
   async find(id: string): Promise<AdapterPayload | undefined> {
-    if (typeof id !== 'string') return undefined;
+    if (typeof id !== 'string' || !mayBeOf(this.model, id)) return undefined;
     const cached = this.cache?.get(id);
     if (cached) return cached.payload;
-    const doc = await this.collection.findOne({ _id: id });
+    const doc = await this.load(id);
     const payload = isLive(doc) ? readPayload(doc.payload) : undefined;
     this.cache?.set(id, payload);
     return payload;
@@ -316,34 +405,55 @@ export class MongoAdapter implements Adapter {
   }
 
   async consume(id: string): Promise<void> {
-    const doc = await this.collection.findOne({ _id: id });
+    const doc = await this.load(id);
     if (!isLive(doc)) throw new errors.InvalidGrant(`${this.model} not found`);
     const consumedAt = Math.floor(Date.now() / 1000);
+    const marker = { at: new Date(), ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}) };
+    let won: boolean;
     try {
-      await this.store.consumed.insertOne({
-        _id: `${this.model}:${id}`,
-        at: new Date(),
-        ...(doc.expiresAt ? { expiresAt: doc.expiresAt } : {}),
-      });
+      // The mark on the artifact lets oidc-provider see a later replay itself (and revoke the grant).
+      const result = await this.collection.bulkWrite([
+        { updateOne: { filter: { _id: consumedId(id) }, update: { $setOnInsert: marker }, upsert: true } },
+        { updateOne: { filter: { _id: id }, update: { $set: { 'payload.consumed': consumedAt } } } },
+      ] as mongoose.mongo.AnyBulkWriteOperation<ArtifactDocument>[]);
+      won = result.upsertedCount === 1;
     } catch (error) {
-      if (!isDuplicateKey(error)) throw error;
+      // Losing FerretDB's insert race fails the upsert; anything else is a real error.
+      if (!(error instanceof mongoose.mongo.MongoServerError) || !(await this.collection.findOne({ _id: consumedId(id) }))) throw error;
+      won = false;
+    }
+    if (!won) {
       // A second redemption racing the first is a replay like any other: revoke the grant
       // (RFC 6749 4.1.2). Without its Grant, the tokens the winner is issuing die with it.
       if (typeof doc.payload.grantId === 'string') await this.store.revokeGrant(doc.payload.grantId);
       throw new errors.InvalidGrant(`${this.model} already consumed`);
     }
-    // Recorded on the artifact too, so a later replay is seen by oidc-provider (which then
-    // revokes the whole grant).
-    await this.collection.updateOne({ _id: id }, { $set: { 'payload.consumed': consumedAt } });
+    this.remember(id, { ...doc, payload: { ...doc.payload, consumed: consumedAt } });
   }
 
+  /**
+   * The copy goes too, and its id comes from the payload: known when this request read the
+   * artifact (a sign-out, a re-keyed session), read from the deleted document otherwise. The copy
+   * is removed even if a newer artifact with the same key has rewritten it meanwhile; that one is
+   * then asked for again (a sign-in, a consent), never let through.
+   */
   async destroy(id: string): Promise<void> {
     this.cache?.forget(id);
-    await this.collection.deleteOne({ _id: id });
+    const known = requestMemo<ArtifactDocument>()?.get(this.memoKey(id));
+    this.remember(id, null);
+    if (this.store.indexedKeys || (!this.secondaryKey && this.model !== 'Grant')) {
+      await this.collection.deleteOne({ _id: id });
+      return;
+    }
+    const doc = known ?? (await this.collection.findOneAndDelete({ _id: id }));
+    const copy = this.copyIdOf(doc?.payload);
+    const deletes = [...(known ? [id] : []), ...(copy ? [copy] : [])].map((_id) => ({ deleteOne: { filter: { _id } } }));
+    if (deletes.length) await this.collection.bulkWrite(deletes);
   }
 
   async revokeByGrantId(grantId: string): Promise<void> {
     if (typeof grantId !== 'string') return;
+    requestMemo()?.clear();
     await this.collection.deleteMany({ 'payload.grantId': grantId });
   }
 }

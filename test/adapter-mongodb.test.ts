@@ -4,18 +4,21 @@ import { ArtifactStore } from '../adapters/mongodb.ts';
 import { describeAdapterContract } from './adapter/contract.ts';
 import { testMongoUri } from './support/env.ts';
 
-describeAdapterContract('MongoDB (mongoose connection)', async () => {
-  const conn = await mongoose.createConnection(testMongoUri('adapter'), { autoIndex: false }).asPromise();
-  const store = new ArtifactStore(conn);
-  await store.ensureIndexes();
-  return {
-    store,
-    async close() {
-      await conn.dropDatabase().catch(() => {});
-      await conn.close();
-    },
-  };
-});
+/** The store as the server detects it, and with secondary keys read through indexes as on real MongoDB. */
+for (const indexedKeys of [undefined, true]) {
+  describeAdapterContract(`MongoDB (mongoose connection${indexedKeys ? ', secondary keys through indexes' : ''})`, async () => {
+    const conn = await mongoose.createConnection(testMongoUri('adapter'), { autoIndex: false }).asPromise();
+    const store = new ArtifactStore(conn, { indexedKeys });
+    await store.ensureIndexes();
+    return {
+      store,
+      async close() {
+        await conn.dropDatabase().catch(() => {});
+        await conn.close();
+      },
+    };
+  });
+}
 
 describe('client metadata cache', () => {
   let conn: mongoose.Connection;

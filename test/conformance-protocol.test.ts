@@ -258,8 +258,7 @@ describe('consent is asked once per account and client', () => {
     const { browser, journey } = await signInFresh(app, req, person.email);
     return { browser, journey, tokens: await tokensOf(app, req, journey) };
   };
-  const grants = () => server.services.store.collection('Grant')
-    .find({ 'payload.accountId': person.id, 'payload.clientId': app.client.client_id }).toArray();
+  const grants = () => server.services.store.grantsOf(person.id, app.client.client_id);
 
   test('three sign-ins in fresh sessions: consent the first time only, one grant, the app listed once', async () => {
     const steps = [];

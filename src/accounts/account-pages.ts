@@ -12,7 +12,7 @@ import { formBody } from '../http/form-body.ts';
 import type { Context } from 'koa';
 import type { Provider } from 'oidc-provider';
 import { z } from 'zod';
-import { readPayload, type ArtifactStore } from '../../adapters/mongodb.ts';
+import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import type { AuditLog } from '../audit/log.ts';
 import type { Config } from '../config.ts';
 import { AppError } from '../http/errors.ts';
@@ -96,8 +96,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
   };
 
   async function connectedApps(accountId: string) {
-    const grants = await store.collection('Grant').find({ 'payload.accountId': accountId }).toArray();
-    const live = grants.filter((g) => !g.expiresAt || g.expiresAt.getTime() > Date.now()).map((g) => ({ id: g._id, payload: readPayload(g.payload) }));
+    const live = await store.grantsOf(accountId);
     // One entry per app with the union of its scopes, also for grants from before consent was
     // kept as one grant per app; "remove access" removes all of them (apps/revoke).
     const apps = new Map<string, { grantId: string; name: string; scopes: Set<string> }>();
@@ -239,7 +238,7 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
       const codes = await mfa.confirmEnrolment(account.id, form.success ? form.data.code : '');
       // Sessions signed in with the password alone (perhaps someone else's) end now; this one stays.
       const current = await provider.Session.get(ctx);
-      await store.collection('Session').deleteMany({ 'payload.accountId': account.id, _id: { $ne: current.jti } });
+      await store.endOtherSessions(account.id, current.jti);
       await record(ctx, 'account.mfa.enable', account.id);
       notifyMfaChange(account, true);
       await ctx.render('recovery-codes', { title: 'Your recovery codes', codes });
@@ -304,11 +303,11 @@ export function accountPages({ config, provider, store, accounts, mfa, mailer, a
     const grant = form.success ? await store.adapterFor('Grant').find(form.data.grant) : undefined;
     // Only the account's own grants: another id answers as if it did not exist.
     if (!grant || grant.accountId !== account.id) throw new AppError('not_found', 'That app is not connected to your account.', 404);
-    const grants = await store.collection('Grant').find({ 'payload.accountId': account.id, 'payload.clientId': grant.clientId }).toArray();
+    const grants = await store.grantsOf(account.id, String(grant.clientId));
     // The app's JWT access tokens for the documents API are not stored, so they are revoked too;
     // first, so that a failure leaves the grant there to try again with.
     await revocations.revoke('grant', grantSubject(account.id, String(grant.clientId)));
-    await Promise.all(grants.map((g) => store.revokeGrant(g._id)));
+    await Promise.all(grants.map((g) => store.revokeGrant(g.id)));
     await record(ctx, 'account.app.revoke', account.id);
     done(ctx, 'app-removed');
   });

@@ -220,13 +220,21 @@ export class AccountService {
    * answer nor its timing tells whether an email is registered.
    */
   async authenticate(email: string, password: string): Promise<string | undefined> {
+    return (await this.signIn(email, password))?.id;
+  }
+
+  /**
+   * Checks a password and tells the login page what it decides next (verified email, second
+   * step) from the same read, so a sign-in reads the account once.
+   */
+  async signIn(email: string, password: string): Promise<{ id: string; emailVerified: boolean; mfaEnabled: boolean } | undefined> {
     const record = await this.accounts.findOne({ email: normalizeEmail(email) }).lean();
     const valid = await this.hasher.verify(record?.passwordHash, password);
     if (!record || !valid || record.disabled) return undefined;
     if (this.hasher.needsRehash(record.passwordHash)) {
       await this.accounts.updateOne({ _id: record._id }, { passwordHash: await this.hasher.hash(password) });
     }
-    return record._id;
+    return { id: record._id, emailVerified: record.emailVerified, mfaEnabled: Boolean(record.mfa) };
   }
 
   async get(idOrEmail: string): Promise<AccountView | undefined> {

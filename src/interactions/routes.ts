@@ -196,8 +196,9 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     }
     // A malformed submission (missing field, object or array where text belongs, operator
     // injection) is a failed sign-in like any other; no hashing is done for it.
-    const accountId = form.success ? await accounts.authenticate(form.data.email, form.data.password) : undefined;
-    if (!accountId || email === undefined) {
+    const signedIn = form.success ? await accounts.signIn(form.data.email, form.data.password) : undefined;
+    const accountId = signedIn?.id;
+    if (!signedIn || !accountId || email === undefined) {
       // Counted for unknown emails too: a lock then says nothing about the account, and both
       // answers take the same work (and time).
       const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
@@ -207,12 +208,12 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     }
     await signInSucceeded(ctx.ip, email);
 
-    if (config.accounts.requireVerifiedEmail && !(await accounts.get(accountId))?.email_verified) {
+    if (config.accounts.requireVerifiedEmail && !signedIn.emailVerified) {
       // Only after the right password, so it tells nothing to someone who does not have it.
       ctx.status = 403;
       return renderLogin(ctx, uid, params.client_id, 'Verify your email address first: follow the link we sent you, or ask for a new one at /verify-email/resend.', email);
     }
-    if (await mfa.isEnabled(accountId)) return second.begin(ctx, uid, accountId, params.client_id, false);
+    if (signedIn.mfaEnabled) return second.begin(ctx, uid, accountId, params.client_id, false);
     // The application demands a second factor this account does not have: set it up in place.
     const client = await provider.Client.find(String(params.client_id));
     if (acrDemand(params.claims, client) === 'mfa') return second.begin(ctx, uid, accountId, params.client_id, true);

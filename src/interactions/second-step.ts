@@ -22,6 +22,12 @@ const codeForm = z.object({ _csrf: z.string(), code: z.string().max(40) }).stric
 /** How long the second step may wait after the password. */
 const CHALLENGE_SECONDS = 10 * 60;
 
+/**
+ * Set on the interaction's path when a second step begins, so that showing a login page reads
+ * the challenges only for a browser that has one (the challenge itself stays the authority).
+ */
+const PENDING_COOKIE = 'idp.mfa';
+
 export interface SecondStepDeps {
   provider: Provider;
   store: ArtifactStore;
@@ -90,12 +96,16 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
     /** After the right password: ask for a code, or for setting a factor up if one is required. */
     async begin(ctx: Context, uid: string, accountId: string, clientId: unknown, setUp: boolean): Promise<void> {
       await challenges.start(uid, accountId, CHALLENGE_SECONDS, setUp ? 'enrol' : 'verify');
+      ctx.cookies.set(PENDING_COOKIE, uid, {
+        path: `/interaction/${uid}`, maxAge: CHALLENGE_SECONDS * 1000, httpOnly: true, sameSite: 'lax', secure: ctx.secure,
+      });
       logger.info({ uid, accountId, setUp }, 'password accepted; waiting for the second step');
       return setUp ? renderSetup(ctx, uid, accountId, clientId) : renderCode(ctx, uid, clientId);
     },
 
     /** A reload between the password and the second step shows that step again. */
     async resume(ctx: Context, uid: string, clientId: unknown): Promise<boolean> {
+      if (ctx.cookies.get(PENDING_COOKIE) !== uid) return false;
       const pending = await challenges.pending(uid);
       if (!pending) return false;
       await (pending.purpose === 'enrol' ? renderSetup(ctx, uid, pending.accountId, clientId) : renderCode(ctx, uid, clientId));
@@ -141,7 +151,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         await Promise.all([recordCode(accountId, true), challenges.end(uid)]);
         // Other sessions signed in with the password alone (perhaps someone else's) end now; this
         // browser's stays, since the sign-in resumes with it.
-        await store.collection('Session').deleteMany({ 'payload.accountId': accountId, _id: { $ne: interaction.session?.cookie ?? '' } });
+        await store.endOtherSessions(accountId, interaction.session?.cookie ?? '');
         logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
         interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims) } };
         await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));

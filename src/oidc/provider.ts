@@ -19,6 +19,7 @@
 import { decodeJwt } from 'jose';
 import { errors, interactionPolicy, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import { opaqueTokenBits } from '../../adapters/token-ids.ts';
 import { ACR_MFA, ACR_VALUES, acrDemand } from './acr.ts';
 import { clientPolicy, extraClientMetadata } from './client-metadata.ts';
 import type { AccountService } from '../accounts/service.ts';
@@ -168,6 +169,8 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     },
     cookies: { keys: [...cookieKeys], long: cookies.long, short: cookies.short },
     enableHttpPostMethods: cookies.postAllowed,
+    // Token ids whose length names their model, so a lookup asks one collection (token-ids.ts).
+    formats: { bitsOfOpaqueRandomness: (_ctx, token) => opaqueTokenBits(token.kind) },
     conformIdTokenClaims: false,
     // The API's scopes are listed too: oidc-provider only lets a client register (and request)
     // scopes from this list. Which of them a token actually carries is decided per resource by

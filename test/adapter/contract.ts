@@ -7,6 +7,8 @@
 import { randomUUID } from 'node:crypto';
 import { errors, type AdapterPayload } from 'oidc-provider';
 import { MODEL_NAMES, type ArtifactStore } from '../../adapters/mongodb.ts';
+import { withRequestMemo } from '../../adapters/request-memo.ts';
+import { opaqueTokenBits } from '../../adapters/token-ids.ts';
 
 export interface AdapterHarness {
   store: ArtifactStore;
@@ -126,6 +128,91 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
         await adapter.upsert(key, { jti: key, kind: 'DeviceCode', userCode, clientId: 'c' }, 60);
         expect(await adapter.findByUserCode(userCode)).toEqual({ jti: key, kind: 'DeviceCode', userCode, clientId: 'c' });
         expect(await adapter.findByUserCode(id())).toBeUndefined();
+      });
+    });
+
+    describe('secondary keys stay in step with their artifacts', () => {
+      test('a destroyed Session is not found by its uid, with or without a read in the same request', async () => {
+        const adapter = store.adapterFor('Session');
+        const [read, unread, uidRead, uidUnread] = [id(), id(), id(), id()];
+        await adapter.upsert(read, { jti: read, kind: 'Session', uid: uidRead }, 60);
+        await adapter.upsert(unread, { jti: unread, kind: 'Session', uid: uidUnread }, 60);
+        await withRequestMemo(async () => {
+          expect(await adapter.find(read)).toBeDefined();
+          await adapter.destroy(read);
+          expect(await adapter.findByUid(uidRead)).toBeUndefined();
+        });
+        await withRequestMemo(() => adapter.destroy(unread));
+        expect(await adapter.findByUid(uidRead)).toBeUndefined();
+        expect(await adapter.findByUid(uidUnread)).toBeUndefined();
+        expect(await store.collection('Session').countDocuments({ 'payload.uid': { $in: [uidRead, uidUnread] } })).toBe(0);
+      });
+
+      test('grantIdFor finds the grant an account gave a client, and nothing once it is revoked or destroyed', async () => {
+        const grants = store.adapterFor('Grant');
+        const [account, client, other] = [id(), id(), id()];
+        const [first, second] = [id(), id()];
+        await grants.upsert(first, { jti: first, kind: 'Grant', accountId: account, clientId: client }, 60);
+        await grants.upsert(second, { jti: second, kind: 'Grant', accountId: account, clientId: other }, 60);
+        expect(await store.grantIdFor(account, client)).toBe(first);
+        expect(await store.grantIdFor(account, id())).toBeUndefined();
+        expect((await store.grantsOf(account)).map((g) => g.id).sort()).toEqual([first, second].sort());
+        expect(await store.grantsOf(account, client)).toEqual([{ id: first, payload: { jti: first, kind: 'Grant', accountId: account, clientId: client } }]);
+
+        await store.revokeGrant(first);
+        expect(await store.grantIdFor(account, client)).toBeUndefined();
+        await withRequestMemo(async () => {
+          expect(await store.grantIdFor(account, other)).toBe(second);
+          await grants.destroy(second);
+        });
+        expect(await store.grantIdFor(account, other)).toBeUndefined();
+        expect(await store.grantsOf(account)).toEqual([]);
+      });
+
+      test('revokeAccount and endOtherSessions take the copies with them', async () => {
+        const sessions = store.adapterFor('Session');
+        const [account, keep, end, keepUid, endUid, grant, client] = [id(), id(), id(), id(), id(), id(), id()];
+        await sessions.upsert(keep, { jti: keep, kind: 'Session', uid: keepUid, accountId: account }, 60);
+        await sessions.upsert(end, { jti: end, kind: 'Session', uid: endUid, accountId: account }, 60);
+        await store.adapterFor('Grant').upsert(grant, { jti: grant, kind: 'Grant', accountId: account, clientId: client }, 60);
+        await store.endOtherSessions(account, keep);
+        expect(await sessions.findByUid(keepUid)).toMatchObject({ jti: keep });
+        expect(await sessions.find(keep)).toMatchObject({ jti: keep });
+        expect(await sessions.findByUid(endUid)).toBeUndefined();
+        await store.revokeAccount(account);
+        expect(await sessions.findByUid(keepUid)).toBeUndefined();
+        expect(await store.grantIdFor(account, client)).toBeUndefined();
+      });
+
+      test('an id that is some other document of the collection (a copy, a consumption mark) is not an artifact', async () => {
+        const sessions = store.adapterFor('Session');
+        const [key, uid] = [id(), id()];
+        await sessions.upsert(key, { jti: key, kind: 'Session', uid }, 60);
+        expect(await sessions.find(`uid:${uid}`)).toBeUndefined();
+        const codes = store.adapterFor('AuthorizationCode');
+        const code = id();
+        await codes.upsert(code, { jti: code, kind: 'AuthorizationCode' }, 60);
+        await codes.consume(code);
+        expect(await codes.find(`consumed:${code}`)).toBeUndefined();
+        await expect(codes.consume(`consumed:${code}`)).rejects.toBeInstanceOf(errors.InvalidGrant);
+      });
+    });
+
+    describe('token ids', () => {
+      test('an id with the length of another model\'s tokens is not looked up as this model', async () => {
+        const lengths = { AccessToken: 44, ClientCredentials: 45, RefreshToken: 46 };
+        for (const [model, length] of Object.entries(lengths)) {
+          for (const [asModel, asLength] of Object.entries(lengths)) {
+            const key = 'x'.repeat(asLength - 8) + randomUUID().slice(0, 8);
+            await store.adapterFor(model).upsert(key, { jti: key, kind: model }, 60);
+            expect([model, asModel, Boolean(await store.adapterFor(model).find(key))]).toEqual([model, asModel, length === asLength]);
+          }
+          // Ids from before (43 characters for every model) are still found.
+          const legacy = 'l'.repeat(35) + randomUUID().slice(0, 8);
+          await store.adapterFor(model).upsert(legacy, { jti: legacy, kind: model }, 60);
+          expect(await store.adapterFor(model).find(legacy)).toMatchObject({ jti: legacy });
+        }
+        expect([44, 45, 46].map((n) => opaqueTokenBits(Object.keys(lengths)[n - 44]!) / 6)).toEqual([44, 45, 46]);
       });
     });
 
