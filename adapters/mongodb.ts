@@ -29,12 +29,12 @@
  * on FerretDB too (its upsert is a read and then an insert, and the losing insert fails on the
  * unique `_id`), while a conditional update would not be atomic there.
  *
- * Reads are remembered for the rest of the request (request-memo.ts), and opaque token ids tell
+ * Reads are remembered for the rest of the request (src/http/request-memo.ts), and opaque token ids tell
  * their model by their length (token-ids.ts).
  */
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
-import { requestMemo } from './request-memo.ts';
+import { requestMemo } from '../src/http/request-memo.ts';
 import { mayBeOf } from './token-ids.ts';
 
 export const MODEL_NAMES = [

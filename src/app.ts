@@ -22,7 +22,7 @@ import { answerUnavailable, isUnavailable, RETRY_AFTER_SECONDS, ServiceUnavailab
 import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
-import { withRequestMemo } from '../adapters/request-memo.ts';
+import { withRequestMemo } from './http/request-memo.ts';
 
 function genericMessage(status: number): string {
   if (status === 413) return 'The submitted form is too large.';
@@ -59,7 +59,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   // the limits per address.
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: 1, keys: [...services.cookieKeys] });
 
-  // Each request gets its own memo of the artifacts it has read (adapters/request-memo.ts).
+  // Each request gets its own memo of the artifacts it has read (src/http/request-memo.ts).
   app.use((_ctx, next) => withRequestMemo(next));
   app.use(requestLog(logger));
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));

@@ -5,6 +5,7 @@ import { accountModel, type AccountModel, type AccountRecord } from './model.ts'
 import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
 import { checkProfile, PROFILE_FIELDS, type Profile, type ProfileChanges, type ProfileField } from './profile.ts';
 import type { Connection } from 'mongoose';
+import { requestMemo } from '../http/request-memo.ts';
 
 /**
  * A plain address: dot-atom local part and a host name. Deliberately stricter than RFC 5322
@@ -272,8 +273,21 @@ export class AccountService {
   }
 
   async hasRole(id: string, role: string): Promise<boolean> {
-    const record = await this.accounts.findOne({ _id: id, disabled: false }, { roles: 1 }).lean();
-    return record?.roles.includes(role) ?? false;
+    return (await this.enabledRecord(id))?.roles.includes(role) ?? false;
+  }
+
+  /**
+   * An enabled account as oidc-provider sees it, read once per request: a token request for the
+   * documents API asks for the account's claims and for its roles (requestMemo is per request).
+   */
+  private async enabledRecord(id: string): Promise<AccountRecord | null> {
+    const memo = requestMemo<AccountRecord>();
+    const key = `account\u0000${id}`;
+    const known = memo?.get(key);
+    if (known !== undefined) return known;
+    const record = await this.accounts.findOne({ _id: id, disabled: false }).lean<AccountRecord>();
+    memo?.set(key, record);
+    return record;
   }
 
   /**
@@ -290,7 +304,7 @@ export class AccountService {
 
   /** oidc-provider's findAccount: disabled accounts are invisible, which also stops their refresh tokens. */
   async findAccount(id: string): Promise<Account | undefined> {
-    const record = await this.accounts.findOne({ _id: id, disabled: false }).lean();
+    const record = await this.enabledRecord(id);
     if (!record) return undefined;
     return {
       accountId: record._id,

@@ -7,7 +7,7 @@
 import { randomUUID } from 'node:crypto';
 import { errors, type AdapterPayload } from 'oidc-provider';
 import { MODEL_NAMES, type ArtifactStore } from '../../adapters/mongodb.ts';
-import { withRequestMemo } from '../../adapters/request-memo.ts';
+import { withRequestMemo } from '../../src/http/request-memo.ts';
 import { opaqueTokenBits } from '../../adapters/token-ids.ts';
 
 export interface AdapterHarness {

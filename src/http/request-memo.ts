@@ -1,13 +1,14 @@
 /**
- * What the adapter has read or written during the current HTTP request. oidc-provider and our
- * routes read the same artifact more than once in one request (a code is found and then consumed,
- * a session is found and then re-keyed); the second read is answered from here. Nothing outlives
+ * What the storage adapter and the account service read or wrote during the current HTTP request.
+ * oidc-provider and our routes read the same document more than once in one request (a code is
+ * found and then consumed, a session is found and then re-keyed, an account's claims and then
+ * its roles); the second read is answered from here. Nothing outlives
  * its request, so other instances' changes are seen exactly as before: a request that read an
  * artifact twice got no stronger guarantee from the second read, there being no transactions.
  */
 import { AsyncLocalStorage } from 'node:async_hooks';
 
-/** A stored artifact as the adapter keeps it, or null once known to be absent. */
+/** A stored document as it was read or written, or null once known to be absent. */
 export type Remembered<T> = T | null;
 
 const current = new AsyncLocalStorage<Map<string, unknown>>();
