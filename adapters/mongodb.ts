@@ -16,7 +16,7 @@
  * (`ensureIndexes`):
  * - Real MongoDB removes expired documents itself and answers `payload.uid` (and the other
  *   secondary keys) from indexes, so those are plain queries.
- * - FerretDB v1 has no TTL indexes (ArtifactStore.sweepExpired runs instead) and answers only
+ * - FerretDB v1 has no TTL indexes (the expiry sweeper of sweeper.ts runs instead) and answers only
  *   `_id` equality from an index: anything else scans the collection. There a Session (and a
  *   DeviceCode) is also stored as a copy under `_id: "uid:<uid>"` ("userCode:<code>") in its own
  *   collection, written in the same command as the artifact, and a Grant has a pointer
@@ -32,9 +32,11 @@
  * Reads are remembered for the rest of the request (src/http/request-memo.ts), and opaque token ids tell
  * their model by their length (token-ids.ts).
  */
+import { randomUUID } from 'node:crypto';
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
 import { requestMemo } from '../src/http/request-memo.ts';
+import { ExpirySweeper, type SweeperOptions } from './sweeper.ts';
 import { mayBeOf } from './token-ids.ts';
 
 export const MODEL_NAMES = [
@@ -214,25 +216,34 @@ export class ArtifactStore {
     this.legacyPointers = !this.indexedKeys && (await this.lookups.findOne({}, { projection: { _id: 1 } })) !== null;
   }
 
-  /** Deletes expired artifacts; needed where TTL indexes are not enforced. Returns the count. */
-  async sweepExpired(now = new Date()): Promise<number> {
-    let removed = 0;
-    for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
-      const collection = this.collection(model);
-      const result = await collection.deleteMany({ expiresAt: { $lt: now } });
-      removed += result.deletedCount;
-    }
-    return removed;
+  private sweeper(options: Partial<SweeperOptions> = {}): ExpirySweeper {
+    return new ExpirySweeper({
+      collections: () => [...MODEL_NAMES, 'consumed', 'lookup'].map((model) => this.collection(model) as unknown as Collection),
+      locks: this.connection.collection('locks'),
+      owner: randomUUID(),
+      ...options,
+    });
   }
 
-  /** Starts the periodic sweep when the server lacks TTL indexes; returns a stop function. */
-  startSweeper(intervalSeconds: number, onError: (error: unknown) => void): () => void {
-    if (this.ttlIndexes) return () => {};
-    const timer = setInterval(() => {
-      this.sweepExpired().catch(onError);
-    }, intervalSeconds * 1000);
-    timer.unref();
-    return () => clearInterval(timer);
+  /** Deletes everything expired now, in one unbudgeted pass (tests and tools). Returns the count. */
+  async sweepExpired(now = new Date()): Promise<number> {
+    const sweeper = this.sweeper({ graceMs: 0, budgetMs: Number.POSITIVE_INFINITY, now: () => now.getTime() });
+    try {
+      return (await sweeper.tick()).removed;
+    } finally {
+      await sweeper.release();
+    }
+  }
+
+  /**
+   * Starts the periodic sweep when the server lacks TTL indexes (adapters/sweeper.ts: small
+   * batches, a time budget per tick, one instance at a time); returns its stop function.
+   */
+  startSweeper(intervalSeconds: number, onError: (error: unknown) => void): () => Promise<void> {
+    if (this.ttlIndexes) return async () => {};
+    // A collection swept to its end waits 5 minutes before its next scan: on FerretDB, learning
+    // that nothing more has expired means reading every live document.
+    return this.sweeper({ batchSize: 100, revisitMs: 5 * 60_000 }).start(intervalSeconds, onError);
   }
 
   /**

@@ -9,8 +9,8 @@ import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 
-/** What the mail worker, the revocation poll and the documents' audit relay read on their own. */
-const BACKGROUND = new Set(['mail_outbox', 'mail_outbox_leases', 'token_revocations', 'documents', 'document_idempotency_keys']);
+/** What the mail worker, the revocation poll, the documents' audit relay and the expiry sweep read on their own. */
+const BACKGROUND = new Set(['mail_outbox', 'mail_outbox_leases', 'token_revocations', 'documents', 'document_idempotency_keys', 'locks']);
 const password = 'Tundra-Marble-Quiver-58-Lantern';
 
 let server: TestServer;
