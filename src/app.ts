@@ -5,7 +5,6 @@
 import path from 'node:path';
 import Koa from 'koa';
 import mount from 'koa-mount';
-import views from 'koa-views';
 import { documentsApi } from './documents/routes.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { accountPages } from './accounts/account-pages.ts';
@@ -23,6 +22,7 @@ import { staticDocuments } from './oidc/static-documents.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
 import { withRequestMemo } from './http/request-memo.ts';
+import { views } from './http/views.ts';
 
 function genericMessage(status: number): string {
   if (status === 413) return 'The submitted form is too large.';
@@ -64,7 +64,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   app.use(requestLog(logger));
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
   // Compiled templates are cached except in development, where edits show on reload.
-  app.use(views(path.join(projectRoot(), 'views'), { extension: 'ejs', options: { cache: config.nodeEnv !== 'development' } }));
+  app.use(views(path.join(projectRoot(), 'views'), { cache: config.nodeEnv !== 'development' }));
   const guards = requestGuards({
     maxInFlight: config.http.maxRequestsInFlight, deadlineMs: config.http.requestDeadlineMs,
     database: services.database, draining: lifecycle.draining, logger,

@@ -103,7 +103,7 @@ async function documentsScopesFor(ctx: KoaContextWithOIDC, client: Client, accou
 
 type Render = (view: string, locals: Record<string, unknown>) => Promise<void>;
 
-/** Pages are rendered by koa-views on the outer app; mounting shares its ctx with the provider. */
+/** Pages are rendered by the outer app's views (src/http/views.ts); mounting shares its ctx with the provider. */
 function render(ctx: KoaContextWithOIDC): Render {
   return (ctx as unknown as { render: Render }).render;
 }
