@@ -1,58 +1,64 @@
 /**
- * `npm run bench`: measures the provider on this machine and prints a table.
+ * `npm run bench`: measures the provider on this machine and prints a table (issue 10, "Measure it").
  *
  * It starts its own throwaway MongoDB-compatible server and Redis (or uses MONGODB_URI/REDIS_URL),
- * runs the provider as a separate process on loopback (NODE_ENV=test: plain-http cookies, production
- * code paths otherwise), seeds a client and a user,
- * and then drives it: autocannon for discovery, JWKS and client_credentials; a pool of concurrent
- * scripted browsers for complete authorization-code sign-ins (login + consent + token), then the same
- * with the TOTP second step (signin_mfa: login + code + consent + token, target >= 25/s; a page
- * other than the expected one, or a non-2xx answer, is an error in both). A TOTP code is accepted
- * once per account and 30-second step (the current or the previous one), so signin_mfa seeds a pool
- * of accounts with two-step verification turned on (one argon2 hash each; the seeding time is
- * printed), enrolled with the previous step's code so the current step stays free, and gives each
- * sign-in an idle account round-robin with a step it has not used yet: the bench never replays a
- * code. Should the pool run dry the workers wait for the next step and the bench says so (the rate
- * is then understated; raise BENCH_MFA_ACCOUNTS); autocannon
- * for the documents API under /api/v1 with a client_credentials JWT access token (seeded first with
- * 200 documents of ~1 KB through the API): doc_get (GET one document by id), doc_list (GET a page of
- * 20) and doc_create (POST a ~1 KB document), run in that order since creating grows the collection.
- * Any non-2xx answer counts as an error. The documents rows carry their targets (>= 2,000, 800 and
- * 500 req/s, p99 < 50 ms) in the table.
- * When a documents scenario runs, the provider's stdout (its JSON log) goes to a file in the
- * throwaway directory instead of being discarded, and the bench counts the 'fetching the provider
- * key set' lines logged from the first API request (seeding included) to the end of the documents
- * scenarios: the API verifies tokens against a cached JWKS, so this should be 1, not one per request.
- * The ratelimit scenario times, in this process against the same Redis, the limiter work each
- * sign-in does before hashing (signinPerIp and signinPerAccount consumed and the lockout read,
- * concurrently, as src/interactions/routes.ts does): p50/p99 of a few thousand sequential checks,
- * printed under the table (target: p50 < 1 ms).
- * Peak RSS is the server process's VmHWM. Options: BENCH_SECONDS (default 10), BENCH_CONNECTIONS
- * (default 32), BENCH_SIGNIN_CONCURRENCY (default 8), BENCH_MFA_ACCOUNTS (the signin_mfa pool; default:
- * enough for 12 sign-ins/s per core, up to 4 cores, and at least 25/s, over min(BENCH_SECONDS, 30) s:
- * 250 for 10 s on 2 cores), BENCH_DOCUMENTS (documents seeded, default 200), BENCH_ONLY (comma-separated: discovery, jwks,
- * client_credentials, signin, signin_mfa, doc_get, doc_list, doc_create, ratelimit; default: all), BENCH_NODE_ARGS (node
- * flags for the provider; default: the production heap settings).
+ * seeds clients and users through the services the CLI uses, builds the production files (dist/)
+ * and runs the provider as a separate process on loopback (NODE_ENV=test: plain-http cookies,
+ * production code paths otherwise) through scripts/bench/counted-server.ts, compiled: src/server.ts's start-up with the driver's command monitoring,
+ * counting the MongoDB commands issued for requests. Next to it runs bare oidc-provider with its
+ * memory adapter (scripts/bench/bare-provider.ts), the yardstick for client_credentials and
+ * introspection. Both get the same node flags.
+ *
+ * The scenarios run in BENCH_ROUNDS interleaved rounds (round 1 runs each selected scenario once,
+ * bare oidc-provider's right after ours, then round 2...), BENCH_SECONDS each. Each run reads, just
+ * before and after, the CPU time (utime + stime in /proc/PID/stat) of the provider, the database
+ * server and Redis (n/a for those given by MONGODB_URI/REDIS_URL: their pid is unknown) and the
+ * command counter, and divides by the operations completed. The table prints the median of the
+ * rounds for each column and the min–max of the rate; under it, the commands per operation by
+ * command and collection, the ratio ours/bare with issue 10's goals, and what the provider's timers
+ * issued meanwhile.
+ *
+ * Scenarios (BENCH_ONLY, comma-separated; default all): discovery, jwks; client_credentials (opaque:
+ * the service client, scope openid) and client_credentials_jwt (the documents client and scopes: a
+ * JWT); introspection (of an opaque client_credentials token, by the client it was issued to, with
+ * token_type_hint=access_token; a sample before and after each run must say active: true); signin
+ * (scripted browsers: login, consent the first time, token; BENCH_SIGNIN_CONCURRENCY at once) and
+ * signin_mfa (with the TOTP step, from a pool of BENCH_MFA_ACCOUNTS accounts: scripts/bench/signin.ts);
+ * doc_get, doc_list, doc_create (the documents API with a client_credentials JWT, after seeding
+ * BENCH_DOCUMENTS documents; the provider's log then goes to a file and the JWKS fetches it logs
+ * are counted: this should be about 1, not one per request); ratelimit (the sign-in's limiter work
+ * against the same Redis, timed in this process, printed under the table); sweep (a hook for the
+ * expiry sweeper to come: scripts/bench/sweep.ts). Any non-2xx answer counts as an error.
+ *
+ * Options: BENCH_SECONDS (per run, default 5), BENCH_ROUNDS (3), BENCH_CONNECTIONS (autocannon, 32),
+ * BENCH_SIGNIN_CONCURRENCY (8), BENCH_MFA_ACCOUNTS, BENCH_DOCUMENTS (200), BENCH_ONLY,
+ * BENCH_NODE_ARGS (node flags for the servers; default: the production heap settings),
+ * BENCH_COUNT_COMMANDS=0 (run src/server.ts itself, without counting, to see what counting costs).
+ * `npm run bench -- --scenario outage` is another bench: scripts/bench/outage.ts.
  */
-import { spawn } from 'node:child_process';
-import { createHash, randomBytes } from 'node:crypto';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import autocannon from 'autocannon';
-import { Redis } from 'ioredis';
-import { generate } from 'otplib';
-import { Browser, readForm, type Form } from '../test/support/browser.ts';
-import { MfaError } from '../src/accounts/mfa.ts';
+import type { ChildProcess } from 'node:child_process';
 import { loadConfig } from '../src/config.ts';
 import { freePort, projectRoot, startEphemeralMongo, startEphemeralRedis, type LocalService } from '../src/local/services.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { storeNewJwks } from '../src/oidc/keys.ts';
-import { openServices, type Services } from '../src/services.ts';
-import { Lockout } from '../src/security/lockout.ts';
-import { LimiterStore, RateLimits } from '../src/security/rate-limit.ts';
+import { openServices } from '../src/services.ts';
+import { countJwksFetches, createdDocumentsRemover, documentsAccessToken, seedDocuments } from './bench/documents.ts';
+import { measure } from './bench/measure.ts';
+import { options, say, SCENARIOS } from './bench/options.ts';
+import { loadAverage, peakRssMb } from './bench/proc.ts';
+import { startNode, stopNode } from './bench/processes.ts';
+import { rateLimitCheck, type RateLimitLatency } from './bench/ratelimit.ts';
+import { backgroundLine, bareRatios, commandBreakdown, table, type ScenarioResult } from './bench/report.ts';
+import { scenarios, type System } from './bench/scenarios.ts';
+import { mfaPool, seedMfaAccounts } from './bench/signin.ts';
+import { median } from './bench/stats.ts';
+import { sweepScenario } from './bench/sweep.ts';
 
-// `npm run bench -- --scenario outage` is a scenario of its own (a database hang under load).
 const scenario = process.argv.includes('--scenario') ? process.argv[process.argv.indexOf('--scenario') + 1] : undefined;
 if (scenario === 'outage') {
   await import('./bench/outage.ts');
@@ -62,63 +68,22 @@ if (scenario === 'outage') {
   process.exit(64);
 }
 
-const seconds = Number(process.env.BENCH_SECONDS ?? 10);
-const connections = Number(process.env.BENCH_CONNECTIONS ?? 32);
-const signinConcurrency = Number(process.env.BENCH_SIGNIN_CONCURRENCY ?? 8);
-/** The heap settings `npm start` and the Docker image use by default. */
-const PRODUCTION_NODE_ARGS = '--max-semi-space-size=4 --max-old-space-size=192';
-const only = new Set((process.env.BENCH_ONLY ?? 'discovery,jwks,client_credentials,signin,signin_mfa,doc_get,doc_list,doc_create,ratelimit').split(','));
-/** TOTP time step in seconds (src/accounts/mfa.ts): a code is accepted during its step and the next. */
-const TOTP_PERIOD = 30;
-/**
- * Sign-ins/s per core (the provider hashes on up to 4 threads) the default signin_mfa pool is sized
- * for (a 2-core machine did 6 to 11/s). Each account serves at least one sign-in in any window of
- * up to one time step, and one more for each step boundary the window crosses.
- */
-const MFA_RATE_PER_CORE = 12;
-const mfaAccountCount = Number(process.env.BENCH_MFA_ACCOUNTS ?? Math.max(
-  4 * signinConcurrency,
-  Math.ceil(Math.min(seconds, TOTP_PERIOD) * Math.max(25, MFA_RATE_PER_CORE * Math.min(os.availableParallelism(), 4))),
-));
-/** A sign-in is only given a previous-step code to plan with when this much of the current step is left. */
-const PREVIOUS_STEP_MARGIN_MS = 10_000;
-const RATE_LIMIT_CHECKS = 3000;
-const DOC_SCENARIOS = ['doc_get', 'doc_list', 'doc_create'] as const;
-const documentsSelected = DOC_SCENARIOS.some((name) => only.has(name));
-/** Documents the API holds for the bench client before the documents scenarios start. */
-const SEED_DOCUMENTS = Number(process.env.BENCH_DOCUMENTS ?? 200);
-const SEED_CONCURRENCY = 4;
-/** The message the documents API logs whenever it fetches the provider's JWKS (src/documents/token.ts). */
-const JWKS_FETCH_MESSAGE = 'fetching the provider key set';
-const say = (m: string) => process.stderr.write(`[bench] ${m}\n`);
+const began = performance.now();
+const { selected } = options;
+const machine = () => `load average ${loadAverage()}, node ${process.version}, ${os.cpus().length} cores`;
+process.stdout.write(`Start: ${machine()}\n`);
+const documentsSelected = ['doc_get', 'doc_list', 'doc_create'].some((name) => selected.has(name as never));
+const bareSelected = selected.has('client_credentials') || selected.has('introspection');
 
-/** unit: what follows the rate in the table (default " req/s"). */
-interface Target { rps: number; p99?: number; unit?: string }
-interface Row { name: string; rps: number; p50: number; p99: number; errors: number; total: number; target?: Target }
-
-function percentile(sorted: number[], p: number): number {
-  return sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor((p / 100) * sorted.length))]! : NaN;
-}
-
-function peakRssMb(pid: number): number {
-  const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
-  return Number(/VmHWM:\s+(\d+) kB/.exec(status)![1]) / 1024;
-}
-
-async function cannon(name: string, options: autocannon.Options, target?: Target): Promise<Row> {
-  const result = await autocannon({ connections, duration: seconds, ...options });
-  const errors = result.errors + result.timeouts + result.non2xx;
-  if (errors > 0) {
-    const statuses = Object.entries(result.statusCodeStats ?? {}).filter(([code]) => !code.startsWith('2')).map(([code, { count }]) => `${code} x${count}`);
-    say(`${name}: ${result.errors} errors, ${result.timeouts} timeouts, ${result.non2xx} non-2xx${statuses.length ? ` (${statuses.join(', ')})` : ''}`);
-  }
-  return { name, rps: result.requests.average, p50: result.latency.p50, p99: result.latency.p99, errors, total: result.requests.total, ...(target ? { target } : {}) };
-}
-
+const root = projectRoot();
 const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'oidc-idp-bench-'));
 const started: LocalService[] = [];
-const mongoUri = process.env.MONGODB_URI ?? (started.push(await startEphemeralMongo(path.join(dir, 'mongo'), say)), `${started.at(-1)!.uri}/bench`);
-const redisUrl = process.env.REDIS_URL ?? (started.push(await startEphemeralRedis(path.join(dir, 'redis'), say)), started.at(-1)!.uri);
+const children: ChildProcess[] = [];
+const startedMongo = process.env.MONGODB_URI ? undefined : await startEphemeralMongo(path.join(dir, 'mongo'), say);
+const startedRedis = process.env.REDIS_URL ? undefined : await startEphemeralRedis(path.join(dir, 'redis'), say);
+started.push(...[startedMongo, startedRedis].filter((s) => s !== undefined));
+const mongoUri = process.env.MONGODB_URI ?? `${startedMongo!.uri}/bench`;
+const redisUrl = process.env.REDIS_URL ?? startedRedis!.uri;
 const port = await freePort();
 const issuer = `http://127.0.0.1:${port}`;
 const env = {
@@ -131,25 +96,25 @@ const env = {
   RATE_LIMIT_TOKEN_PER_CLIENT: '1000000/60',
 };
 
-/** A failure before the measurements must not leave the throwaway database and Redis running. */
+/** A failure before the measurements must not leave the throwaway processes running. */
 async function abandon(error: unknown): Promise<never> {
+  await Promise.allSettled(children.map(stopNode));
   await Promise.allSettled(started.map((s) => s.stop()));
   fs.rmSync(dir, { recursive: true, force: true });
   throw error;
 }
 
-// Seed through the same services the CLI uses.
 const password = 'cobalt lantern thistle 1234';
-const { service, webApp, docClient, mfaAccounts } = await (async () => {
+const seeded = await (async () => {
   const seed = await openServices(loadConfig(env), createLogger('error', 2));
   try {
     await storeNewJwks(seed.connection);
     return {
       service: await seed.clients.create({ name: 'bench service', grantTypes: ['client_credentials'], scope: 'openid' }),
       webApp: await seed.clients.create({ name: 'bench web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid email' }),
-      docClient: await seed.clients.create({ name: 'bench documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' }),
+      documentsClient: await seed.clients.create({ name: 'bench documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' }),
       account: await seed.accounts.create({ email: 'bench@example.com', password }),
-      mfaAccounts: only.has('signin_mfa') ? await seedMfaAccounts(seed, mfaAccountCount) : [],
+      mfaAccounts: selected.has('signin_mfa') ? await seedMfaAccounts(seed, options.mfaAccounts, password) : [],
     };
   } finally {
     await seed.close();
@@ -160,384 +125,96 @@ const { service, webApp, docClient, mfaAccounts } = await (async () => {
 // server no more than /dev/null, and this process reads it only once, after the server has exited).
 const serverLog = path.join(dir, 'provider.log');
 const serverStdout = documentsSelected ? fs.openSync(serverLog, 'w') : 'ignore';
-const server = spawn(process.execPath, [...(process.env.BENCH_NODE_ARGS ?? PRODUCTION_NODE_ARGS).split(' ').filter(Boolean), path.join(projectRoot(), 'src/server.ts')], { env: { ...process.env, ...env }, stdio: ['ignore', serverStdout, 'inherit'] });
+// The production build, as `npm start` runs it: type stripping at load costs the server about
+// 25 MB of memory and some start-up time that the compiled files do not.
+say('building (tsc -p tsconfig.build.json)');
+execFileSync(process.execPath, [path.join(root, 'node_modules/typescript/bin/tsc'), '-p', path.join(root, 'tsconfig.build.json')], { stdio: 'inherit' });
+const countsPort = await freePort();
+const provider = await startNode(root, options.countCommands ? 'dist/scripts/bench/counted-server.js' : 'dist/src/server.js',
+  { ...env, BENCH_COUNTS_PORT: String(countsPort) }, serverStdout, `${issuer}/healthz`).catch(abandon);
+children.push(provider);
 if (typeof serverStdout === 'number') fs.closeSync(serverStdout);
-for (let i = 0; ; i += 1) {
-  try {
-    if ((await fetch(`${issuer}/healthz`)).ok) break;
-  } catch { /* not listening yet */ }
-  if (i > 100) {
-    server.kill('SIGTERM');
-    await abandon(new Error('provider did not start'));
-  }
-  await new Promise((r) => setTimeout(r, 100));
-}
-say(`provider pid ${server.pid} at ${issuer}; ${seconds}s per scenario, ${connections} connections`);
+const bareClient = { client_id: 'bench-bare', client_secret: randomBytes(24).toString('base64url') };
+const barePort = await freePort();
+const bare = bareSelected ? await startNode(root, 'dist/scripts/bench/bare-provider.js', {
+  MALLOC_MMAP_THRESHOLD_: env.MALLOC_MMAP_THRESHOLD_, NODE_ENV: 'test', BARE_PORT: String(barePort), BARE_CLIENT_ID: bareClient.client_id, BARE_CLIENT_SECRET: bareClient.client_secret,
+}, 'ignore', `http://127.0.0.1:${barePort}/.well-known/openid-configuration`).catch(abandon) : undefined;
+if (bare) children.push(bare);
+say(`provider pid ${provider.pid} at ${issuer}${bare ? `, bare oidc-provider pid ${bare.pid}` : ''}; ${options.rounds} rounds of ${options.seconds} s per scenario, ${options.connections} connections`);
 
-const rows: Row[] = [];
-/** When the documents phase (token, seeding, scenarios) began and ended, in the log's epoch ms. */
+const results = new Map<string, ScenarioResult>();
+const rateLimits: RateLimitLatency[] = [];
+/** When the documents phase (first token to the end of the rounds) began and ended, in epoch ms. */
 let documentsWindow: { from: number; to?: number } | undefined;
-let jwksFetches: number | undefined;
-let rateLimitLatency: RateLimitLatency | undefined;
+let peakRss: { provider: number; bare?: number } | undefined;
+let remover: Awaited<ReturnType<typeof createdDocumentsRemover>> | undefined;
 try {
-  if (only.has('ratelimit')) rateLimitLatency = await rateLimitCheck();
-  if (only.has('discovery')) rows.push(await cannon('discovery', { url: `${issuer}/.well-known/openid-configuration` }));
-  if (only.has('jwks')) rows.push(await cannon('JWKS', { url: `${issuer}/jwks` }));
-  if (only.has('client_credentials')) rows.push(await cannon('client_credentials token', {
-    url: `${issuer}/token`,
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${service.client_id}:${service.client_secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: 'grant_type=client_credentials',
-  }));
-  if (only.has('signin')) rows.push(await signIns('complete sign-ins', async () => () => signInOnce('bench@example.com')));
-  if (only.has('signin_mfa')) {
-    const pool = mfaPool(mfaAccounts);
-    rows.push(await signIns('complete sign-ins with TOTP', (deadline) => pool.take(deadline), { rps: 25, unit: '/s' }));
-    pool.report();
-  }
+  const processes = {
+    node: provider.pid!, database: startedMongo?.pid, redis: startedRedis?.pid,
+    countsUrl: options.countCommands ? `http://127.0.0.1:${countsPort}/` : undefined,
+  };
+  let documentId: string | undefined;
   if (documentsSelected) {
     documentsWindow = { from: Date.now() };
-    const token = await documentsAccessToken();
-    const docId = await seedDocuments(token);
-    const bearer = { authorization: `Bearer ${token}` };
-    if (only.has('doc_get')) rows.push(await cannon('documents: GET by id', { url: `${issuer}/api/v1/documents/${docId}`, headers: bearer }, { rps: 2000, p99: 50 }));
-    if (only.has('doc_list')) rows.push(await cannon('documents: list (limit=20)', { url: `${issuer}/api/v1/documents?limit=20`, headers: bearer }, { rps: 800, p99: 50 }));
-    if (only.has('doc_create')) rows.push(await cannon('documents: create (~1 KB)', {
-      url: `${issuer}/api/v1/documents`,
-      method: 'POST',
-      headers: { ...bearer, 'content-type': 'application/json' },
-      body: JSON.stringify(documentBody('bench create')),
-    }, { rps: 500, p99: 50 }));
-    documentsWindow.to = Date.now();
+    documentId = await seedDocuments(issuer, await documentsAccessToken(issuer, seeded.documentsClient), options.documents);
+    if (selected.has('doc_create')) remover = await createdDocumentsRemover(mongoUri);
   }
+  const pool = selected.has('signin_mfa') ? mfaPool({ issuer, client: seeded.webApp, password }, seeded.mfaAccounts) : undefined;
+  const bareSystem: System | undefined = bare ? { issuer: `http://127.0.0.1:${barePort}`, processes: { node: bare.pid! }, service: bareClient } : undefined;
+  const list = scenarios({
+    issuer, processes, service: seeded.service, documentsClient: seeded.documentsClient,
+    signIn: { issuer, client: seeded.webApp, password }, mfaSignIn: pool?.take, documentId, removeCreatedDocuments: remover?.remove,
+  }, bareSystem).filter((s) => selected.has(s.key));
+  for (let round = 1; round <= options.rounds; round += 1) {
+    say(`round ${round} of ${options.rounds}`);
+    for (const key of SCENARIOS.filter((name) => selected.has(name))) {
+      if (key === 'ratelimit') rateLimits.push(await rateLimitCheck(redisUrl, loadConfig(env)));
+      if (key === 'sweep' && round === 1) await sweepScenario(root);
+      for (const one of list.filter((s) => s.key === key)) {
+        const { run, after } = await one.prepare();
+        const measured = await measure(one.processes, run);
+        if (after) measured.errors += await after();
+        const id = `${one.system} ${one.key}`;
+        if (!results.has(id)) results.set(id, { key: one.key, label: one.label, system: one.system, target: one.target, runs: [] });
+        results.get(id)!.runs.push(measured);
+        say(`  ${one.label}: ${measured.rate.toFixed(1)}/s, ${measured.ops} completed${measured.errors ? `, ${measured.errors} errors` : ''}`);
+      }
+    }
+  }
+  pool?.report();
+  if (documentsWindow) documentsWindow.to = Date.now();
 } finally {
-  const rss = peakRssMb(server.pid!);
-  server.kill('SIGTERM');
-  await new Promise((r) => server.once('exit', r));
+  // NaN when a process is already gone (it died during the run: the error says why).
+  const rssOf = (pid: number) => { try { return peakRssMb(pid); } catch { return NaN; } };
+  peakRss = { provider: rssOf(provider.pid!), ...(bare ? { bare: rssOf(bare.pid!) } : {}) };
+  await Promise.allSettled([...children.map(stopNode), remover?.close()]);
   await Promise.allSettled(started.map((s) => s.stop()));
-  if (documentsWindow) jwksFetches = countJwksFetches(serverLog, documentsWindow.from, documentsWindow.to ?? Date.now());
+  const jwksFetches = documentsWindow ? countJwksFetches(serverLog, documentsWindow.from, documentsWindow.to ?? Date.now()) : undefined;
   fs.rmSync(dir, { recursive: true, force: true });
-  print(rows, rss, jwksFetches, rateLimitLatency);
+  print([...results.values()], jwksFetches);
 }
 
-/** RFC 6749 section 2.3.1: client id and secret are form-urlencoded before HTTP Basic. */
-function basicAuth(id: string, secret: string): string {
-  const encode = (value: string) => new URLSearchParams({ v: value }).toString().slice(2);
-  return `Basic ${Buffer.from(`${encode(id)}:${encode(secret)}`).toString('base64')}`;
-}
-
-/** A client_credentials JWT access token for the documents API (the default resource for its scopes). */
-async function documentsAccessToken(): Promise<string> {
-  const response = await fetch(`${issuer}/token`, {
-    method: 'POST',
-    headers: { authorization: basicAuth(docClient.client_id, docClient.client_secret!), 'content-type': 'application/x-www-form-urlencoded' },
-    body: new URLSearchParams({ grant_type: 'client_credentials', scope: 'documents:read documents:write' }),
-  });
-  const text = await response.text();
-  if (response.status !== 200) throw new Error(`documents access token: token endpoint answered ${response.status}: ${text.slice(0, 300)}`);
-  const token = (JSON.parse(text) as { access_token?: unknown }).access_token;
-  if (typeof token !== 'string' || token.split('.').length !== 3) {
-    throw new Error(`documents access token: expected a JWT access token, got ${typeof token === 'string' ? `an opaque token of ${token.length} characters` : text.slice(0, 300)}`);
-  }
-  return token;
-}
-
-/** A document of ~1 KB of content and two tags. */
-function documentBody(title: string) {
-  const sentence = 'The quick brown fox jumps over the lazy dog while the benchmark measures the documents API. ';
-  return { title, content: sentence.repeat(Math.ceil(1024 / sentence.length)).slice(0, 1024), tags: ['bench', 'load-test'] };
-}
-
-/** Creates SEED_DOCUMENTS documents through the API; returns the id of one of them. */
-async function seedDocuments(token: string): Promise<string> {
-  let next = 0;
-  let kept: string | undefined;
-  await Promise.all(Array.from({ length: SEED_CONCURRENCY }, async () => {
-    while (next < SEED_DOCUMENTS) {
-      const n = next++;
-      const response = await fetch(`${issuer}/api/v1/documents`, {
-        method: 'POST',
-        headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-        body: JSON.stringify(documentBody(`bench seed ${n}`)),
-      });
-      const text = await response.text();
-      if (response.status !== 201) throw new Error(`seeding documents: POST /api/v1/documents answered ${response.status}: ${text.slice(0, 300)}`);
-      const { id } = JSON.parse(text) as { id?: unknown };
-      if (typeof id !== 'string') throw new Error(`seeding documents: the answer has no id: ${text.slice(0, 300)}`);
-      kept ??= id;
-    }
-  }));
-  const check = await fetch(`${issuer}/api/v1/documents/${kept}`, { headers: { authorization: `Bearer ${token}` } });
-  if (check.status !== 200) throw new Error(`seeding documents: GET of a seeded document answered ${check.status}`);
-  say(`seeded ${SEED_DOCUMENTS} documents`);
-  return kept!;
-}
-
-/**
- * How many JWKS fetches the provider logged between two instants; also reports (on stderr) the
- * first few errors it logged in that window, which would otherwise go unseen.
- */
-function countJwksFetches(file: string, from: number, to: number): number | undefined {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch {
-    return undefined;
-  }
-  let fetches = 0;
-  let failures = 0;
-  for (let start = 0; start < text.length;) {
-    const end = text.indexOf('\n', start);
-    const line = text.slice(start, end === -1 ? text.length : end);
-    start = end === -1 ? text.length : end + 1;
-    const interesting = line.includes(JWKS_FETCH_MESSAGE) || /"level":(5|6)0\b/.test(line);
-    if (!interesting) continue;
-    let entry: { level?: number; time?: number; msg?: string };
-    try {
-      entry = JSON.parse(line) as typeof entry;
-    } catch {
-      continue;
-    }
-    if (typeof entry.time !== 'number' || entry.time < from || entry.time > to) continue;
-    if (entry.msg === JWKS_FETCH_MESSAGE) fetches += 1;
-    if ((entry.level ?? 0) >= 50 && (failures += 1) <= 3) say(`provider logged an error: ${line.slice(0, 500)}`);
-  }
-  if (failures > 3) say(`provider logged ${failures} errors during the documents scenarios`);
-  return fetches;
-}
-
-/**
- * The form of the page `response` should be: a 200 whose first form posts to `/interaction/<uid>/<step>`.
- * Anything else (an error page, the same page again with a refusal, a redirect) fails the sign-in.
- */
-async function expectForm(response: Response, step: string): Promise<Form> {
-  const html = await response.text();
-  if (response.status !== 200) {
-    // The page's title and error message say more than its first bytes (the stylesheet).
-    const said = [/<title>([^<]*)<\/title>/i.exec(html)?.[1], /<p class="error"[^>]*>([^<]*)<\/p>/i.exec(html)?.[1]].filter(Boolean).join(': ');
-    throw new Error(`expected the ${step} page, got ${response.status} from ${response.url}${said ? ` (${said})` : html ? `: ${html.slice(0, 300)}` : ''}`);
-  }
-  const form = readForm(html, response.url);
-  if (!new URL(form.action).pathname.endsWith(`/${step}`)) throw new Error(`expected the ${step} page, got a form posting to ${form.action}`);
-  return form;
-}
-
-/**
- * One complete sign-in: authorize, login page, password, the code page when `totp` is given (it
- * yields the code to type), consent, code for tokens.
- */
-async function signInOnce(email: string, totp?: () => Promise<string>): Promise<void> {
-  const browser = new Browser();
-  const auth = new URL(`${issuer}/auth`);
-  const verifier = randomBytes(32).toString('base64url');
-  const challenge = createHash('sha256').update(verifier).digest('base64url');
-  auth.search = new URLSearchParams({
-    client_id: webApp.client_id, response_type: 'code', scope: 'openid email', redirect_uri: 'http://127.0.0.1:9/cb',
-    code_challenge: challenge, code_challenge_method: 'S256', state: 'bench',
-  }).toString();
-  const login = await browser.follow(await browser.get(auth), issuer);
-  const loginForm = await expectForm(login, 'login');
-  let next = await browser.follow(await browser.post(loginForm.action, { ...loginForm.fields, email, password }), issuer);
-  if (totp) {
-    const mfaForm = await expectForm(next, 'mfa');
-    next = await browser.follow(await browser.post(mfaForm.action, { ...mfaForm.fields, code: await totp() }), issuer);
-  }
-  // Consent is asked once per account and client; later sign-ins go straight back with a code.
-  const remembered = next.headers.get('location')?.startsWith('http://127.0.0.1:9/cb') === true;
-  const back = remembered ? next : await (async () => {
-    const consentForm = await expectForm(next, 'consent');
-    return browser.follow(await browser.post(consentForm.action, { ...consentForm.fields, decision: 'allow' }), issuer);
-  })();
-  const location = back.headers.get('location');
-  const code = location ? new URL(location).searchParams.get('code') : null;
-  if (!code) throw new Error(`sign-in ended without a code (${back.status}${location ? ` to ${location}` : ''})`);
-  const token = await fetch(`${issuer}/token`, {
-    method: 'POST',
-    headers: {
-      authorization: `Basic ${Buffer.from(`${webApp.client_id}:${webApp.client_secret}`).toString('base64')}`,
-      'content-type': 'application/x-www-form-urlencoded',
-    },
-    body: new URLSearchParams({ grant_type: 'authorization_code', code, redirect_uri: 'http://127.0.0.1:9/cb', code_verifier: verifier }),
-  });
-  if (token.status !== 200) throw new Error(`token endpoint answered ${token.status}`);
-}
-
-/**
- * Runs sign-ins from BENCH_SIGNIN_CONCURRENCY workers for BENCH_SECONDS. `next` gives a worker its
- * next sign-in (untimed: it may wait for an account), or nothing when none can start before the deadline.
- */
-async function signIns(name: string, next: (deadline: number) => Promise<(() => Promise<void>) | undefined>, target?: Target): Promise<Row> {
-  const latencies: number[] = [];
-  let errors = 0;
-  const deadline = Date.now() + seconds * 1000;
-  const begin = performance.now();
-  await Promise.all(Array.from({ length: signinConcurrency }, async () => {
-    while (Date.now() < deadline) {
-      const signIn = await next(deadline);
-      if (!signIn) break;
-      const t0 = performance.now();
-      try {
-        await signIn();
-        latencies.push(performance.now() - t0);
-      } catch (error) {
-        errors += 1;
-        if (errors <= 3) say(`${name}: sign-in failed: ${(error as Error).message}`);
-      }
-    }
-  }));
-  const elapsed = (performance.now() - begin) / 1000;
-  latencies.sort((a, b) => a - b);
-  return { name: `${name} (x${signinConcurrency})`, rps: latencies.length / elapsed, p50: percentile(latencies, 50), p99: percentile(latencies, 99), errors, total: latencies.length, ...(target ? { target } : {}) };
-}
-
-/** An account of the signin_mfa pool; usedSteps: the TOTP steps whose code it has used (or will). */
-interface MfaAccount { email: string; secret: string; usedSteps: Set<number>; busy: boolean }
-
-function totpStep(ms = Date.now()): number {
-  return Math.floor(ms / 1000 / TOTP_PERIOD);
-}
-
-function totpCode(secret: string, step: number): Promise<string> {
-  return generate({ secret, epoch: step * TOTP_PERIOD });
-}
-
-/**
- * A step the provider accepts a code of now that `account` has not used, the previous one first
- * (but only with `marginMs` of the current step left, for the code to arrive in time).
- */
-function freeStep(account: MfaAccount, marginMs: number, now = Date.now()): number | undefined {
-  const current = totpStep(now);
-  if ((current + 1) * TOTP_PERIOD * 1000 - now >= marginMs && !account.usedSteps.has(current - 1)) return current - 1;
-  return account.usedSteps.has(current) ? undefined : current;
-}
-
-/**
- * Creates `count` accounts with two-step verification on, each enrolled with the code of the
- * previous time step so that the current one stays free for the benchmark.
- */
-async function seedMfaAccounts(seed: Services, count: number): Promise<MfaAccount[]> {
-  const begin = performance.now();
-  const accounts: MfaAccount[] = [];
-  let next = 0;
-  await Promise.all(Array.from({ length: SEED_CONCURRENCY }, async () => {
-    while (next < count) {
-      const email = `bench-mfa-${next++}@example.com`;
-      const { id } = await seed.accounts.create({ email, password });
-      const { secret } = await seed.mfa.beginEnrolment(id, email);
-      // Retried once: the step may change between computing the code and the service checking it.
-      for (let attempt = 0; ; attempt += 1) {
-        const step = totpStep() - 1;
-        try {
-          await seed.mfa.confirmEnrolment(id, await totpCode(secret, step));
-          accounts.push({ email, secret, usedSteps: new Set([step]), busy: false });
-          break;
-        } catch (error) {
-          if (attempt > 0 || !(error instanceof MfaError && error.code === 'mfa_invalid_code')) throw error;
-        }
-      }
-    }
-  }));
-  say(`seeded ${count} accounts with two-step verification in ${((performance.now() - begin) / 1000).toFixed(1)} s`);
-  return accounts;
-}
-
-/**
- * Hands out the signin_mfa accounts round-robin: an idle account with a step left, whose code is
- * chosen when the code page is reached. When every account has used both steps the provider
- * accepts, workers wait for the next step and report() says so.
- */
-function mfaPool(accounts: MfaAccount[]) {
-  let cursor = 0;
-  let dry = 0;
-  let waitedMs = 0;
-  let previousStepCodes = 0;
-  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
-  return {
-    async take(deadline: number): Promise<(() => Promise<void>) | undefined> {
-      for (;;) {
-        let busyWithSteps = false;
-        for (let i = 0; i < accounts.length; i += 1) {
-          const account = accounts[(cursor + i) % accounts.length]!;
-          if (freeStep(account, PREVIOUS_STEP_MARGIN_MS) === undefined) continue;
-          if (account.busy) {
-            busyWithSteps = true;
-            continue;
-          }
-          cursor = (cursor + i + 1) % accounts.length;
-          account.busy = true;
-          return () => signInOnce(account.email, async () => {
-            // One second is plenty for the POST to reach the provider on loopback.
-            const step = freeStep(account, 1000);
-            if (step === undefined) throw new Error(`${account.email}: no unused TOTP step left when the code page came (more than ${PREVIOUS_STEP_MARGIN_MS / 1000 - 1} s after the sign-in began)`);
-            account.usedSteps.add(step);
-            if (step < totpStep()) previousStepCodes += 1;
-            return totpCode(account.secret, step);
-          }).finally(() => { account.busy = false; });
-        }
-        const now = Date.now();
-        const wait = busyWithSteps ? 5 : (totpStep(now) + 1) * TOTP_PERIOD * 1000 - now + 50;
-        if (!busyWithSteps) {
-          dry += 1;
-          waitedMs += Math.min(wait, deadline - now);
-        }
-        if (now + wait >= deadline) return undefined;
-        await sleep(wait);
-      }
-    },
-    report(): void {
-      say(`signin_mfa: ${accounts.length} accounts; ${previousStepCodes} codes typed were of the previous time step`);
-      if (dry > 0) {
-        say(`signin_mfa: THE ACCOUNT POOL RAN DRY ${dry} times (waiting ${(waitedMs / 1000).toFixed(1)} worker-seconds in all for the next TOTP step): the rate is understated; raise BENCH_MFA_ACCOUNTS (now ${accounts.length})`);
-      }
-    },
-  };
-}
-
-interface RateLimitLatency { p50: number; p99: number; checks: number }
-
-/** Times the sign-in's limiter work (see the top of this file); the keys are the bench's own. */
-async function rateLimitCheck(): Promise<RateLimitLatency> {
-  const redis = new Redis(redisUrl, { enableOfflineQueue: false, maxRetriesPerRequest: 1 });
-  await new Promise((resolve) => redis.once('ready', resolve));
-  try {
-    const config = loadConfig(env);
-    const store = new LimiterStore(redis, createLogger('error', 2));
-    const rateLimits = new RateLimits(config.rateLimits, store);
-    const lockout = new Lockout(config.lockout, store);
-    const [ip, email] = ['192.0.2.1', 'ratelimit-bench@example.com'];
-    const latencies: number[] = [];
-    // The first checks load the Lua script into Redis and warm up the JIT; they are not counted.
-    for (let i = -200; i < RATE_LIMIT_CHECKS; i += 1) {
-      const t0 = performance.now();
-      await Promise.all([rateLimits.consume('signinPerIp', ip), rateLimits.consume('signinPerAccount', email), lockout.lockedFor(email)]);
-      if (i >= 0) latencies.push(performance.now() - t0);
-    }
-    latencies.sort((a, b) => a - b);
-    return { p50: percentile(latencies, 50), p99: percentile(latencies, 99), checks: latencies.length };
-  } finally {
-    redis.disconnect();
-  }
-}
-
-function targetCell(r: Row): string {
-  if (!r.target) return '';
-  const met = r.rps >= r.target.rps && (r.target.p99 === undefined || r.p99 < r.target.p99) && r.errors === 0;
-  return `>= ${r.target.rps.toLocaleString('en-US')}${r.target.unit ?? ' req/s'}${r.target.p99 === undefined ? '' : `, p99 < ${r.target.p99} ms`}: ${met ? 'met' : 'missed'}`;
-}
-
-function print(result: Row[], rss: number, jwksFetchCount: number | undefined, rateLimit: RateLimitLatency | undefined): void {
+function print(rows: ScenarioResult[], jwksFetches: number | undefined): void {
+  const breakdown = commandBreakdown(rows);
+  const background = backgroundLine(rows);
+  const rateLimit = rateLimits.length ? { p50: median(rateLimits.map((r) => r.p50)), p99: median(rateLimits.map((r) => r.p99)), checks: rateLimits[0]!.checks } : undefined;
   const lines = [
-    `| scenario | req/s | p50 ms | p99 ms | completed | errors | target |`,
-    `|---|---:|---:|---:|---:|---:|---|`,
-    ...result.map((r) => `| ${r.name} | ${r.rps.toFixed(0)} | ${r.p50.toFixed(1)} | ${r.p99.toFixed(1)} | ${r.total} | ${r.errors} | ${targetCell(r)} |`),
+    ...table(rows),
     '',
-    ...(documentsSelected ? [`JWKS fetches during documents scenarios: ${jwksFetchCount ?? 'unknown (the provider log could not be read)'}`] : []),
-    ...(rateLimit ? [`Rate-limit check per sign-in (signinPerIp + signinPerAccount + lockout, ${rateLimit.checks} sequential, Redis): p50 ${rateLimit.p50.toFixed(3)} ms, p99 ${rateLimit.p99.toFixed(3)} ms; target p50 < 1 ms: ${rateLimit.p50 < 1 ? 'met' : 'missed'}`] : []),
-    `Peak RSS of the provider process: ${rss.toFixed(0)} MB`,
-    `Node ${process.version}, ${os.cpus().length} cores, database: ${process.env.MONGODB_URI ? 'MONGODB_URI' : 'local throwaway server'}`,
+    `Medians of ${options.rounds} round${options.rounds === 1 ? '' : 's'} of ${options.seconds} s; CPU per operation (completed, and those autocannon left in flight) from /proc/PID/stat; n/a: a server given by URL, pid unknown.`,
+    ...bareRatios(rows),
+    ...(breakdown.length ? ['MongoDB commands per operation, issued for requests (all rounds):', ...breakdown] : []),
+    ...(background ? [background] : []),
+    ...(options.countCommands ? [] : ['MongoDB commands not counted (BENCH_COUNT_COMMANDS=0: src/server.ts ran itself)']),
+    ...(documentsSelected ? [`JWKS fetches during the documents scenarios: ${jwksFetches ?? 'unknown (the provider log could not be read)'}`] : []),
+    ...(rateLimit ? [`Rate-limit check per sign-in (signinPerIp + signinPerAccount + lockout, ${rateLimit.checks} sequential, Redis; median of rounds): p50 ${rateLimit.p50.toFixed(3)} ms, p99 ${rateLimit.p99.toFixed(3)} ms; target p50 < 1 ms: ${rateLimit.p50 < 1 ? 'met' : 'missed'}`] : []),
+    `Peak RSS of the provider process: ${peakRss!.provider.toFixed(0)} MB${peakRss!.bare === undefined ? '' : ` (bare oidc-provider: ${peakRss!.bare.toFixed(0)} MB)`}`,
+    `Database: ${process.env.MONGODB_URI ? 'MONGODB_URI' : `local throwaway ${startedMongo!.kind}`}; Redis: ${process.env.REDIS_URL ? 'REDIS_URL' : 'local throwaway redis-server'}`,
+    `End: ${machine()}; total time ${formatDuration((performance.now() - began) / 1000)}`,
   ];
   process.stdout.write(`${lines.join('\n')}\n`);
+}
+
+function formatDuration(seconds: number): string {
+  return `${Math.floor(seconds / 60)} min ${Math.round(seconds % 60)} s`;
 }
