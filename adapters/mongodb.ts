@@ -187,11 +187,16 @@ export class ArtifactStore {
   }
 
   /**
-   * Run once at start-up (never per request). Detects TTL support by trying it. Covers every
+   * Run once at start-up (never per request). Detects TTL support on FerretDB by trying it. Covers every
    * collection with expiring documents: the models' plus the `oidc_consumed` and `oidc_lookup`
    * collections of earlier versions.
    */
   async ensureIndexes(): Promise<void> {
+    // Every instance must choose the same layout, so the choice rests on what the server is, not
+    // on whether an index build happened to fail: only FerretDB may lack TTL indexes, and any
+    // other failure is an error.
+    const ferretdb = 'ferretdbVersion' in (await this.connection.db!.admin().command({ buildInfo: 1 }));
+    this.indexedKeys = this.forceIndexedKeys ?? !ferretdb;
     this.ttlIndexes = true;
     for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
       const collection = this.collection(model);
@@ -206,13 +211,13 @@ export class ArtifactStore {
         try {
           await collection.createIndex({ expiresAt: 1 }, { expireAfterSeconds: 0, name: 'expiresAt_ttl' });
           continue;
-        } catch {
+        } catch (error) {
+          if (!ferretdb) throw error;
           this.ttlIndexes = false;
         }
       }
       await collection.createIndex({ expiresAt: 1 }, { name: 'expiresAt_sweep' });
     }
-    this.indexedKeys = this.forceIndexedKeys ?? this.ttlIndexes;
     this.legacyPointers = !this.indexedKeys && (await this.lookups.findOne({}, { projection: { _id: 1 } })) !== null;
   }
 
@@ -254,15 +259,16 @@ export class ArtifactStore {
   async grantIdFor(accountId: string, clientId: string): Promise<string | undefined> {
     if (this.indexedKeys) {
       const grant = await this.collection('Grant').findOne(
-        { 'payload.accountId': accountId, 'payload.clientId': clientId },
+        { 'payload.accountId': accountId, 'payload.clientId': clientId, of: { $exists: false } },
         { projection: { _id: 1, expiresAt: 1 }, sort: { expiresAt: -1 } },
       );
       return grant && notExpired(grant.expiresAt) ? grant._id : undefined;
     }
+    const readAt = requestMemo()?.generation;
     const copy = await this.collection('Grant').findOne({ _id: grantCopyId(accountId, clientId) });
     if (copy?.of && isLive({ ...copy, of: undefined })) {
       // oidc-provider reads the grant next: answered from the copy.
-      requestMemo<ArtifactDocument>()?.set(memoKey('Grant', copy.of), { ...copy, _id: copy.of, of: undefined });
+      requestMemo()?.set(memoKey('Grant', copy.of), { ...copy, _id: copy.of, of: undefined }, readAt);
       return copy.of;
     }
     if (copy || !this.legacyPointers) return undefined;
@@ -272,7 +278,7 @@ export class ArtifactStore {
 
   /** Deletes a grant (with its copy) and everything issued under it. */
   async revokeGrant(grantId: string): Promise<void> {
-    requestMemo()?.clear();
+    requestMemo()?.forgetAll();
     await Promise.all([
       ...[...GRANTABLE].map((model) => this.collection(model).deleteMany({ 'payload.grantId': grantId })),
       this.adapterFor('Grant').destroy(grantId),
@@ -285,7 +291,7 @@ export class ArtifactStore {
    * payload, so they go with their artifacts.
    */
   async revokeAccount(accountId: string): Promise<void> {
-    requestMemo()?.clear();
+    requestMemo()?.forgetAll();
     await Promise.all(['Session', 'Grant', ...GRANTABLE].map((model) =>
       this.collection(model).deleteMany({ 'payload.accountId': accountId })));
   }
@@ -299,7 +305,7 @@ export class ArtifactStore {
 
   /** Ends the account's sessions except the one with id `keep` (copies included). */
   async endOtherSessions(accountId: string, keep: string): Promise<void> {
-    requestMemo()?.clear();
+    requestMemo()?.forgetAll();
     await this.collection('Session').deleteMany({ 'payload.accountId': accountId, 'payload.jti': { $ne: keep } });
   }
 
@@ -327,17 +333,19 @@ export class MongoAdapter implements Adapter {
     return memoKey(this.model, id);
   }
 
-  private remember(id: string, doc: ArtifactDocument | null): void {
-    requestMemo<ArtifactDocument>()?.set(this.memoKey(id), doc);
+  /** `readAt`: the memo's generation when the read that found `doc` began (see RequestMemo). */
+  private remember(id: string, doc: ArtifactDocument | null, readAt?: number): void {
+    requestMemo()?.set(this.memoKey(id), doc, readAt);
   }
 
   /** The stored document, from this request's memo when it was read or written already. */
   private async load(id: string): Promise<ArtifactDocument | null> {
-    const memo = requestMemo<ArtifactDocument>();
-    const known = memo?.get(this.memoKey(id));
+    const memo = requestMemo();
+    const known = memo?.get<ArtifactDocument>(this.memoKey(id));
     if (known !== undefined) return known;
+    const readAt = memo?.generation;
     const doc = await this.collection.findOne({ _id: id });
-    memo?.set(this.memoKey(id), doc);
+    memo?.set(this.memoKey(id), doc, readAt);
     return doc;
   }
 
@@ -381,6 +389,7 @@ export class MongoAdapter implements Adapter {
   }
 
   private async findBySecondaryKey(key: 'uid' | 'userCode', value: string): Promise<AdapterPayload | undefined> {
+    const readAt = requestMemo()?.generation;
     let doc: ArtifactDocument | null;
     if (this.store.indexedKeys) {
       doc = await this.collection.findOne({ [`payload.${key}`]: value, of: { $exists: false } });
@@ -393,7 +402,7 @@ export class MongoAdapter implements Adapter {
       }
     }
     if (!isLive(doc) || doc.payload[key] !== value) return undefined;
-    this.remember(doc._id, doc);
+    this.remember(doc._id, doc, readAt);
     return readPayload(doc.payload);
   }
 
@@ -443,28 +452,29 @@ export class MongoAdapter implements Adapter {
   }
 
   /**
-   * The copy goes too, and its id comes from the payload: known when this request read the
-   * artifact (a sign-out, a re-keyed session), read from the deleted document otherwise. The copy
-   * is removed even if a newer artifact with the same key has rewritten it meanwhile; that one is
-   * then asked for again (a sign-in, a consent), never let through.
+   * The copy goes too, first: a failure between the two deletes then leaves the artifact without
+   * its copy (not found by its key: a sign-in or a consent asked again), never a copy without its
+   * artifact (which would still be believed). Its id comes from the payload: known when this
+   * request read the artifact (a sign-out, a re-keyed session), read first otherwise. The copy is
+   * removed even if a newer artifact with the same key has rewritten it meanwhile; that one is
+   * then asked for again too, never let through.
    */
   async destroy(id: string): Promise<void> {
     this.cache?.forget(id);
-    const known = requestMemo<ArtifactDocument>()?.get(this.memoKey(id));
+    const known = requestMemo()?.get<ArtifactDocument>(this.memoKey(id));
     this.remember(id, null);
     if (this.store.indexedKeys || (!this.secondaryKey && this.model !== 'Grant')) {
       await this.collection.deleteOne({ _id: id });
       return;
     }
-    const doc = known ?? (await this.collection.findOneAndDelete({ _id: id }));
+    const doc = known !== undefined ? known : await this.collection.findOne({ _id: id });
     const copy = this.copyIdOf(doc?.payload);
-    const deletes = [...(known ? [id] : []), ...(copy ? [copy] : [])].map((_id) => ({ deleteOne: { filter: { _id } } }));
-    if (deletes.length) await this.collection.bulkWrite(deletes);
+    await this.collection.bulkWrite([...(copy ? [copy] : []), id].map((_id) => ({ deleteOne: { filter: { _id } } })));
   }
 
   async revokeByGrantId(grantId: string): Promise<void> {
     if (typeof grantId !== 'string') return;
-    requestMemo()?.clear();
+    requestMemo()?.forgetAll();
     await this.collection.deleteMany({ 'payload.grantId': grantId });
   }
 }

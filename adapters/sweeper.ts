@@ -35,6 +35,10 @@
  *   found after that), so the overlap needs a request that spends longer than `graceMs` (less
  *   any clock skew between instances) between reading and writing: default 10 minutes, twice
  *   the largest REQUEST_TIMEOUT_SECONDS.
+ * A document saved under an `_id` derived from a key rather than a random one (the adapter's copy
+ * of the grant an account gave a client, `for:[account,client]`) can also be written afresh by a
+ * new consent after the old one expired, between the find and the delete; the copy is then
+ * deleted, and the next sign-in asks for consent again: it fails closed.
  * Reads honour expiry themselves, so sweeping later than the expiry changes nothing visible.
  *
  * The lock `{_id: 'expiry-sweep', owner, until}` is taken by a unique insert, atomic on FerretDB

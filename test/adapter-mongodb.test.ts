@@ -1,6 +1,7 @@
 /** Runs the adapter contract against the MongoDB-compatible server started for the test run. */
 import mongoose from 'mongoose';
 import { ArtifactStore } from '../adapters/mongodb.ts';
+import { RequestMemo, withRequestMemo } from '../src/http/request-memo.ts';
 import { describeAdapterContract } from './adapter/contract.ts';
 import { testMongoUri } from './support/env.ts';
 
@@ -95,5 +96,51 @@ describe('data written by earlier versions', () => {
       await conn.dropDatabase().catch(() => {});
       await conn.close();
     }
+  });
+});
+
+describe('request memo', () => {
+  let conn: mongoose.Connection;
+  beforeAll(async () => {
+    conn = await mongoose.createConnection(testMongoUri('memo'), { autoIndex: false }).asPromise();
+  });
+  afterAll(async () => {
+    await conn.dropDatabase().catch(() => {});
+    await conn.close();
+  });
+
+  test('a request reads a document once; the next request, a revocation or a timer left behind reads it afresh', async () => {
+    const store = new ArtifactStore(conn);
+    // Another instance's write: straight to the collection, as this process's memo never sees it.
+    const elsewhere = (scope: string) => conn.collection('oidc_accesstoken').updateOne({ _id: 't1' as never }, { $set: { 'payload.scope': scope } });
+    const tokens = store.adapterFor('AccessToken');
+    await tokens.upsert('t1', { jti: 't1', grantId: 'g1', scope: 'a' }, 60);
+    let later: Promise<unknown> | undefined;
+    let endRequest = () => {};
+    const requestOver = new Promise<void>((resolve) => { endRequest = resolve; });
+    await withRequestMemo(async () => {
+      expect(await tokens.find('t1')).toMatchObject({ scope: 'a' });
+      await elsewhere('b');
+      expect(await tokens.find('t1')).toMatchObject({ scope: 'a' }); // this request's read
+      // Work this request leaves behind, run once the request is over.
+      later = new Promise((resolve) => { setTimeout(() => resolve(requestOver.then(() => tokens.find('t1'))), 0); });
+      await elsewhere('c');
+      await store.revokeGrant('other-grant'); // any revocation: what was read may be gone
+      expect(await tokens.find('t1')).toMatchObject({ scope: 'c' });
+    });
+    await elsewhere('d');
+    endRequest();
+    expect(await later).toMatchObject({ scope: 'd' });
+    expect(await withRequestMemo(() => tokens.find('t1'))).toMatchObject({ scope: 'd' });
+  });
+
+  test('a read that began before a revocation does not put back what it found', () => {
+    const memo = new RequestMemo();
+    const readAt = memo.generation;
+    memo.forgetAll();
+    memo.set('k', { stale: true }, readAt);
+    expect(memo.get('k')).toBeUndefined();
+    memo.set('k', { fresh: true });
+    expect(memo.get('k')).toEqual({ fresh: true });
   });
 });

@@ -281,12 +281,13 @@ export class AccountService {
    * documents API asks for the account's claims and for its roles (requestMemo is per request).
    */
   private async enabledRecord(id: string): Promise<AccountRecord | null> {
-    const memo = requestMemo<AccountRecord>();
+    const memo = requestMemo();
     const key = `account\u0000${id}`;
-    const known = memo?.get(key);
+    const known = memo?.get<AccountRecord>(key);
     if (known !== undefined) return known;
+    const readAt = memo?.generation;
     const record = await this.accounts.findOne({ _id: id, disabled: false }).lean<AccountRecord>();
-    memo?.set(key, record);
+    memo?.set(key, record, readAt);
     return record;
   }
 

@@ -273,6 +273,19 @@ export function describeAdapterContract(label: string, factory: () => Promise<Ad
         expect(await adapter.find(key)).toBeUndefined();
       });
 
+      test('concurrent redemptions in requests of their own (each finds the code, then consumes it): one wins', async () => {
+        const adapter = store.adapterFor('AuthorizationCode');
+        const [key, grantId] = [id(), id()];
+        await adapter.upsert(key, { jti: key, kind: 'AuthorizationCode', grantId }, 60);
+        await store.adapterFor('Grant').upsert(grantId, { jti: grantId, kind: 'Grant' }, 60);
+        const results = await Promise.allSettled(Array.from({ length: 10 }, () => withRequestMemo(async () => {
+          expect(await adapter.find(key)).toMatchObject({ jti: key });
+          await adapter.consume(key);
+        })));
+        expect(results.filter((r) => r.status === 'fulfilled')).toHaveLength(1);
+        expect(await store.adapterFor('Grant').find(grantId)).toBeUndefined();
+      });
+
       test('a consume that loses a race on a code without a grant only refuses', async () => {
         const adapter = store.adapterFor('AuthorizationCode');
         const key = id();
