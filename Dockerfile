@@ -17,7 +17,7 @@ ENV NODE_ENV=production
 ENV NODE_OPTIONS="--max-semi-space-size=4 --max-old-space-size=192"
 # glibc otherwise keeps each freed argon2 buffer (19 MiB) in the arena of the thread that hashed
 # (its mmap threshold rises after the first one): a fixed threshold gives that memory back.
-ENV MALLOC_MMAP_THRESHOLD_=131072
+ENV MALLOC_MMAP_THRESHOLD_=131072 MALLOC_ARENA_MAX=2
 WORKDIR /app
 COPY package.json package-lock.json ./
 RUN npm ci --omit=dev --no-audit --no-fund && npm cache clean --force

@@ -91,6 +91,7 @@ const env = {
   COOKIE_KEYS: 'bench-cookie-key-0123456789abcdefghijklmnop', LOG_LEVEL: 'info',
   // As `npm start` and the image run it (see the Dockerfile).
   MALLOC_MMAP_THRESHOLD_: process.env.MALLOC_MMAP_THRESHOLD_ ?? '131072',
+  MALLOC_ARENA_MAX: process.env.MALLOC_ARENA_MAX ?? '2',
   // Every simulated user signs in from 127.0.0.1: limits per IP would measure the limiter.
   RATE_LIMIT_SIGNIN_PER_IP: '1000000/60', RATE_LIMIT_SIGNIN_PER_ACCOUNT: '1000000/60', RATE_LIMIT_MFA_PER_ACCOUNT: '1000000/60',
   RATE_LIMIT_TOKEN_PER_CLIENT: '1000000/60',
@@ -137,7 +138,7 @@ if (typeof serverStdout === 'number') fs.closeSync(serverStdout);
 const bareClient = { client_id: 'bench-bare', client_secret: randomBytes(24).toString('base64url') };
 const barePort = await freePort();
 const bare = bareSelected ? await startNode(root, 'dist/scripts/bench/bare-provider.js', {
-  MALLOC_MMAP_THRESHOLD_: env.MALLOC_MMAP_THRESHOLD_, NODE_ENV: 'test', BARE_PORT: String(barePort), BARE_CLIENT_ID: bareClient.client_id, BARE_CLIENT_SECRET: bareClient.client_secret,
+  MALLOC_MMAP_THRESHOLD_: env.MALLOC_MMAP_THRESHOLD_, MALLOC_ARENA_MAX: env.MALLOC_ARENA_MAX, NODE_ENV: 'test', BARE_PORT: String(barePort), BARE_CLIENT_ID: bareClient.client_id, BARE_CLIENT_SECRET: bareClient.client_secret,
 }, 'ignore', `http://127.0.0.1:${barePort}/.well-known/openid-configuration`).catch(abandon) : undefined;
 if (bare) children.push(bare);
 say(`provider pid ${provider.pid} at ${issuer}${bare ? `, bare oidc-provider pid ${bare.pid}` : ''}; ${options.rounds} rounds of ${options.seconds} s per scenario, ${options.connections} connections`);
