@@ -155,6 +155,14 @@ async function retryLostUpsert<T>(write: () => Promise<T>): Promise<T> {
   }
 }
 
+/**
+ * The expiry sweep as the server runs it (the bench measures the same). Batches of 100 keep a tick
+ * near its 50 ms budget on FerretDB (about 0.4 ms a delete); a collection swept to its end waits
+ * 5 minutes before its next scan, since learning that nothing more has expired means reading
+ * every live document there.
+ */
+export const SWEEP_SETTINGS = { batchSize: 100, revisitMs: 5 * 60_000 } as const;
+
 /** Owns the collections and their maintenance; adapters are thin views onto it. */
 export class ArtifactStore {
   readonly connection: Connection;
@@ -246,9 +254,7 @@ export class ArtifactStore {
    */
   startSweeper(intervalSeconds: number, onError: (error: unknown) => void): () => Promise<void> {
     if (this.ttlIndexes) return async () => {};
-    // A collection swept to its end waits 5 minutes before its next scan: on FerretDB, learning
-    // that nothing more has expired means reading every live document.
-    return this.sweeper({ batchSize: 100, revisitMs: 5 * 60_000 }).start(intervalSeconds, onError);
+    return this.sweeper(SWEEP_SETTINGS).start(intervalSeconds, onError);
   }
 
   /**

@@ -9,7 +9,7 @@
  * worst event-loop delay in this process and the worst latency of a small write-then-read probe
  * sent every 20 ms meanwhile (what a request would have waited). It also times deleting one
  * batch of ids both ways the sweeper could (`$in` versus one statement per id).
- * Options: SWEEP_DOCS, SWEEP_BUDGET_MS, SWEEP_BATCH (the sweeper's defaults otherwise),
+ * Options: SWEEP_DOCS, SWEEP_BUDGET_MS, SWEEP_BATCH (the server's settings otherwise: SWEEP_SETTINGS),
  * SWEEP_LAYOUT=ordered (default: the expired half inserted first, as old artifacts are) or shuffled.
  */
 import { spawn } from 'node:child_process';
@@ -21,6 +21,7 @@ import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { setTimeout as sleep } from 'node:timers/promises';
 import mongoose, { type Collection } from 'mongoose';
 import { ExpirySweeper } from '../../adapters/sweeper.ts';
+import { SWEEP_SETTINGS } from '../../adapters/mongodb.ts';
 import { startEphemeralMongo } from '../../src/local/services.ts';
 
 export interface SweepRun {
@@ -161,9 +162,9 @@ export async function measureSweep(uri: string, docs: number, options: MeasureOp
     const sweeper = new ExpirySweeper({
       collections: () => [collection as unknown as Collection], locks, owner: `bench-${suffix}`, graceMs: 0,
       ...(options.budgetMs === undefined ? {} : { budgetMs: options.budgetMs }),
-      ...(options.batchSize === undefined ? {} : { batchSize: options.batchSize }),
+      batchSize: options.batchSize ?? SWEEP_SETTINGS.batchSize,
     });
-    const batchSize = options.batchSize ?? 500;
+    const batchSize = options.batchSize ?? SWEEP_SETTINGS.batchSize;
     const deleteBatch = await timeDeletes(collection, batchSize);
     const tickTimes: number[] = [];
     let lockHeldEvery = true;
