@@ -63,13 +63,16 @@ const consumedId = (id: string) => `consumed:${id}`;
 /** The copy of the one grant an account has given a client (see ArtifactStore.grantIdFor). */
 const grantCopyId = (accountId: string, clientId: string) => `for:${JSON.stringify([accountId, clientId])}`;
 
-interface ArtifactDocument {
+export interface ArtifactDocument {
   _id: string;
   payload: AdapterPayload;
   expiresAt?: Date;
   /** Set on a copy stored under a secondary key: the artifact's own id. */
   of?: string;
 }
+
+/** A grant found by its account and client, with its document when it was read whole. */
+export interface StoredGrant { id: string; doc?: ArtifactDocument }
 
 /** A grant pointer, or a pointer of the `oidc_lookup` collection that earlier versions wrote. */
 interface PointerDocument { _id: string; id: string; expiresAt?: Date }
@@ -109,6 +112,11 @@ const notExpired = (expiresAt: Date | undefined) => expiresAt === undefined || e
 /** A live artifact (not a copy, a pointer or a consumption marker sharing its collection). */
 function isLive(doc: ArtifactDocument | null | undefined): doc is ArtifactDocument {
   return doc != null && doc.payload !== undefined && doc.of === undefined && notExpired(doc.expiresAt);
+}
+
+/** The artifact a copy stands for (its own id, without the mark of a copy). */
+function artifactOfCopy({ of, ...copy }: ArtifactDocument): ArtifactDocument | null {
+  return of === undefined ? null : { ...copy, _id: of };
 }
 
 export function collectionName(model: string): string {
@@ -259,27 +267,42 @@ export class ArtifactStore {
 
   /**
    * The grant this account gave this client, if it still exists: consent given in one session
-   * holds in the next. A pointer may outlive its grant; the caller finds the grant by id and
-   * checks it, so a stale pointer costs a question, never access.
+   * holds in the next. oidc-provider reads the grant next, and is answered from what was read
+   * here. A legacy pointer may outlive its grant; the caller finds the grant by id and checks it,
+   * so a stale pointer costs a question, never access.
    */
   async grantIdFor(accountId: string, clientId: string): Promise<string | undefined> {
+    const readAt = requestMemo()?.generation;
+    const found = await this.storedGrantFor(accountId, clientId);
+    if (found) this.rememberGrant(found, readAt);
+    return found?.id;
+  }
+
+  /**
+   * The same, as stored, for a sign-in that decides in one request what oidc-provider loads in
+   * the next (src/interactions/first-consent.ts): handed to rememberGrant there, it spares that
+   * request the read. A grant revoked in between still ends the sign-in: the code exchange reads
+   * the grant from the database.
+   */
+  async storedGrantFor(accountId: string, clientId: string): Promise<StoredGrant | undefined> {
     if (this.indexedKeys) {
       const grant = await this.collection('Grant').findOne(
         { 'payload.accountId': accountId, 'payload.clientId': clientId, of: { $exists: false } },
-        { projection: { _id: 1, expiresAt: 1 }, sort: { expiresAt: -1 } },
+        { sort: { expiresAt: -1 } },
       );
-      return grant && notExpired(grant.expiresAt) ? grant._id : undefined;
+      return isLive(grant) ? { id: grant._id, doc: grant } : undefined;
     }
-    const readAt = requestMemo()?.generation;
     const copy = await this.collection('Grant').findOne({ _id: grantCopyId(accountId, clientId) });
-    if (copy?.of && isLive({ ...copy, of: undefined })) {
-      // oidc-provider reads the grant next: answered from the copy.
-      requestMemo()?.set(memoKey('Grant', copy.of), { ...copy, _id: copy.of, of: undefined }, readAt);
-      return copy.of;
-    }
+    const doc = copy && artifactOfCopy(copy);
+    if (isLive(doc)) return { id: doc._id, doc };
     if (copy || !this.legacyPointers) return undefined;
     const pointer = await this.lookups.findOne({ _id: `Grant:${JSON.stringify([accountId, clientId])}` });
-    return pointer && notExpired(pointer.expiresAt) ? pointer.id : undefined;
+    return pointer && notExpired(pointer.expiresAt) ? { id: pointer.id } : undefined;
+  }
+
+  /** Makes a grant read earlier (see storedGrantFor) known to the rest of this request. */
+  rememberGrant(grant: StoredGrant, readAt?: number): void {
+    if (grant.doc && isLive(grant.doc)) requestMemo()?.set(memoKey('Grant', grant.id), grant.doc, readAt);
   }
 
   /** Deletes a grant (with its copy) and everything issued under it. */
@@ -401,7 +424,7 @@ export class MongoAdapter implements Adapter {
       doc = await this.collection.findOne({ [`payload.${key}`]: value, of: { $exists: false } });
     } else {
       const copy = await this.collection.findOne({ _id: copyId(key, value) });
-      doc = copy?.of ? { ...copy, _id: copy.of, of: undefined } : null;
+      doc = copy && artifactOfCopy(copy);
       if (!copy && this.store.legacyPointers) {
         const pointer = await this.store.lookups.findOne({ _id: `${this.model}:${value}` });
         doc = pointer ? await this.collection.findOne({ _id: pointer.id }) : null;

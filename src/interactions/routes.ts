@@ -3,7 +3,8 @@
  * it needs (login or consent) picks the page, and each form posts to its own action, which ends
  * by handing a result back to oidc-provider and redirecting to where it resumes the request.
  * Consent is asked once per account and client (the grant is kept, see loadExistingGrant in
- * src/oidc/provider.ts), and never for first-party clients.
+ * src/oidc/provider.ts), and never for first-party clients. The first consent to an app is
+ * usually asked on the password's own interaction (first-consent.ts).
  * @see node-oidc-provider example/routes/koa.js
  */
 import Router from '@koa/router';
@@ -18,13 +19,14 @@ import type { Logger } from '../observability/logger.ts';
 import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import { ACR_PASSWORD, acrDemand, reportedAcr } from '../oidc/acr.ts';
 import { clientPolicy } from '../oidc/client-metadata.ts';
-import { isDocumentsScope, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
+import { isDocumentsScope, KNOWN_GRANT, SCOPE_DESCRIPTIONS } from '../oidc/provider.ts';
 import { csrf } from '../security/csrf.ts';
 import type { Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
 import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
+import { firstConsent } from './first-consent.ts';
 import { secondStep } from './second-step.ts';
 
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
@@ -98,6 +100,16 @@ export function interactionRoutes(deps: InteractionDeps): Router {
 
   const second = secondStep({ ...deps, finish });
   second.routes(router);
+  const first = firstConsent(deps);
+
+  async function renderConsent(ctx: Context, uid: string, clientName: string | undefined, scopes: string[]): Promise<void> {
+    await ctx.render('consent', {
+      title: 'Allow access',
+      uid,
+      clientName: clientName ?? 'An application',
+      scopes: scopes.map((scope) => ({ scope, description: SCOPE_DESCRIPTIONS[scope] ?? scope })),
+    });
+  }
 
   /**
    * Why this sign-in must wait, if it must: too many attempts of any outcome from the address (a
@@ -155,6 +167,8 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       if (acrDemand(params.claims, client) === 'unreachable') {
         return finish(ctx, interaction, { error: 'access_denied', error_description: 'none of the requested authentication context classes is available' });
       }
+      const pending = first.pending(interaction);
+      if (pending) return renderConsent(ctx, uid, client?.clientName, pending.consent.scopes);
       if (await second.resume(ctx, uid, params.client_id)) return;
       // Core 3.1.2.1: login_hint fills in the email the relying party already knows.
       const hint = typeof params.login_hint === 'string' && params.login_hint.length <= 254 ? params.login_hint : '';
@@ -171,12 +185,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     const missing = [...new Set([...oidcScopes, ...Object.values(details.missingResourceScopes ?? {}).flat()])];
     // prompt=consent with everything granted already: confirm what the request asks for.
     const scopes = missing.length ? missing : String(params.scope ?? '').split(' ').filter((scope) => scope && !isDocumentsScope(scope));
-    await ctx.render('consent', {
-      title: 'Allow access',
-      uid,
-      clientName: client?.clientName ?? 'An application',
-      scopes: scopes.map((scope) => ({ scope, description: SCOPE_DESCRIPTIONS[scope] ?? scope })),
-    });
+    await renderConsent(ctx, uid, client?.clientName, scopes);
   });
 
   router.post('/:uid/login', async (ctx) => {
@@ -218,20 +227,27 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     const client = await provider.Client.find(String(params.client_id));
     if (acrDemand(params.claims, client) === 'mfa') return second.begin(ctx, uid, accountId, params.client_id, true);
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    await finish(ctx, interaction, { login: { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) } });
+    const login = { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) };
+    const decision = await first.decide(interaction, accountId);
+    if (!decision || 'known' in decision) return finish(ctx, interaction, { login, ...(decision ? { [KNOWN_GRANT]: decision.known } : {}) });
+    if (clientPolicy(client).firstParty) return finish(ctx, interaction, await first.grant(interaction, login, decision.ask));
+    await first.hold(interaction, login, decision.ask);
+    ctx.status = 303;
+    ctx.redirect(`/interaction/${uid}`);
   });
 
   router.post('/:uid/consent', async (ctx) => {
     const interaction = await provider.interactionDetails(ctx.req, ctx.res);
     const { uid, prompt, session } = interaction;
-    if (uid !== ctx.params.uid || prompt.name !== 'consent' || !session) throw new errors.SessionNotFound('interaction mismatch');
+    const pending = prompt.name === 'login' ? first.pending(interaction) : undefined;
+    if (uid !== ctx.params.uid || !(pending || (prompt.name === 'consent' && session))) throw new errors.SessionNotFound('interaction mismatch');
 
     const form = consentForm.safeParse(ctx.request.body);
     if (!form.success) throw new AppError('invalid_form', 'Choose Allow or Deny.', 400);
     if (form.data.decision === 'deny') {
       return finish(ctx, interaction, { error: 'access_denied', error_description: 'The user denied the request' });
     }
-    await finish(ctx, interaction, await grantConsent(interaction));
+    await finish(ctx, interaction, pending ? await first.grant(interaction, pending.login, pending.consent.scopes) : await grantConsent(interaction));
   });
 
   return router;

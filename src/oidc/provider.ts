@@ -18,7 +18,7 @@
  */
 import { decodeJwt } from 'jose';
 import { errors, interactionPolicy, Provider, type Client, type Configuration, type KoaContextWithOIDC } from 'oidc-provider';
-import type { ArtifactStore } from '../../adapters/mongodb.ts';
+import type { ArtifactStore, StoredGrant } from '../../adapters/mongodb.ts';
 import { opaqueTokenBits } from '../../adapters/token-ids.ts';
 import { ACR_MFA, ACR_VALUES, acrDemand } from './acr.ts';
 import { clientPolicy, extraClientMetadata } from './client-metadata.ts';
@@ -82,6 +82,13 @@ export interface ProviderDeps {
   /** Verifies a JWT access token of the documents API (signature, claims, revocation); throws if invalid. */
   verifyAccessToken: (token: string) => Promise<unknown>;
 }
+
+/**
+ * On a login result when the account has a grant to the app already: the grant as the login page's
+ * answer read it to decide (src/interactions/first-consent.ts), so that the resume, which loads it
+ * in loadExistingGrant below, does not read it again.
+ */
+export const KNOWN_GRANT = 'knownGrant';
 
 export const isDocumentsScope = (scope: string) => (DOCUMENTS_SCOPES as readonly string[]).includes(scope);
 
@@ -225,8 +232,11 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
     extraClientMetadata,
     // One grant per account and client: a new session finds the consent given in an earlier one.
     loadExistingGrant: async (ctx) => {
-      const { client, session } = ctx.oidc;
-      const grantId = ctx.oidc.result?.consent?.grantId ?? session!.grantIdFor(client!.clientId)
+      const { client, session, result } = ctx.oidc;
+      // Read by the login page's answer just before (src/interactions/first-consent.ts).
+      const known = result?.[KNOWN_GRANT] as StoredGrant | undefined;
+      if (known) store.rememberGrant(known);
+      const grantId = result?.consent?.grantId ?? session!.grantIdFor(client!.clientId) ?? known?.id
         ?? (session?.accountId ? await store.grantIdFor(session.accountId, client!.clientId).catch(rethrowAsProviderError) : undefined);
       const grant = grantId ? await ctx.oidc.provider.Grant.find(grantId) : undefined;
       // A grant is only ever used for the account and client it was given by.
