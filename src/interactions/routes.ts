@@ -98,9 +98,24 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     });
   }
 
-  const second = secondStep({ ...deps, finish });
-  second.routes(router);
   const first = firstConsent(deps);
+
+  /**
+   * A login done (the password, or the password and its second step): asks the first consent on
+   * this interaction when that is plain (first-consent.ts), or hands the login to oidc-provider.
+   */
+  async function finishLogin(ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>): Promise<void> {
+    const decision = await first.decide(interaction, login.accountId);
+    if (!decision || 'known' in decision) return finish(ctx, interaction, { login, ...(decision ? { [KNOWN_GRANT]: decision.known } : {}) });
+    const client = await provider.Client.find(String(interaction.params.client_id));
+    if (clientPolicy(client).firstParty) return finish(ctx, interaction, await first.grant(interaction, login, decision.ask));
+    await first.hold(interaction, login, decision.ask);
+    ctx.status = 303;
+    ctx.redirect(`/interaction/${interaction.uid}`);
+  }
+
+  const second = secondStep({ ...deps, finishLogin });
+  second.routes(router);
 
   async function renderConsent(ctx: Context, uid: string, clientName: string | undefined, scopes: string[]): Promise<void> {
     await ctx.render('consent', {
@@ -227,13 +242,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     const client = await provider.Client.find(String(params.client_id));
     if (acrDemand(params.claims, client) === 'mfa') return second.begin(ctx, uid, accountId, params.client_id, true);
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    const login = { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) };
-    const decision = await first.decide(interaction, accountId);
-    if (!decision || 'known' in decision) return finish(ctx, interaction, { login, ...(decision ? { [KNOWN_GRANT]: decision.known } : {}) });
-    if (clientPolicy(client).firstParty) return finish(ctx, interaction, await first.grant(interaction, login, decision.ask));
-    await first.hold(interaction, login, decision.ask);
-    ctx.status = 303;
-    ctx.redirect(`/interaction/${uid}`);
+    await finishLogin(ctx, interaction, { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) });
   });
 
   router.post('/:uid/consent', async (ctx) => {

@@ -37,10 +37,11 @@ export interface SecondStepDeps {
   rateLimits: RateLimits;
   lockout: Lockout;
   logger: Logger;
-  finish: (ctx: Context, interaction: Interaction, result: InteractionResults) => Promise<void>;
+  /** Ends the login (and, when it is plain, asks the first consent on the same interaction). */
+  finishLogin: (ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>) => Promise<void>;
 }
 
-export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, finish }: SecondStepDeps) {
+export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, finishLogin }: SecondStepDeps) {
   async function clientName(clientId: unknown): Promise<string | undefined> {
     return typeof clientId === 'string' ? (await provider.Client.find(clientId))?.clientName : undefined;
   }
@@ -130,7 +131,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
         // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
         const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
-        await finish(ctx, interaction, { login: { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims) } });
+        await finishLogin(ctx, interaction, { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims) });
       });
 
       router.post('/:uid/mfa-setup', async (ctx) => {
