@@ -302,7 +302,10 @@ export class ArtifactStore {
 
   /** Makes a grant read earlier (see storedGrantFor) known to the rest of this request. */
   rememberGrant(grant: StoredGrant, readAt?: number): void {
-    if (grant.doc && isLive(grant.doc)) requestMemo()?.set(memoKey('Grant', grant.id), grant.doc, readAt);
+    const { doc } = grant;
+    // Handed over through an interaction's payload: taken only in the shape it was stored in.
+    const dated = doc?.expiresAt === undefined || doc.expiresAt instanceof Date;
+    if (doc && dated && doc._id === grant.id && isLive(doc)) requestMemo()?.set(memoKey('Grant', grant.id), doc, readAt);
   }
 
   /** Deletes a grant (with its copy) and everything issued under it. */
