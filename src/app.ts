@@ -61,8 +61,11 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
 
   // Each request gets its own memo of the artifacts it has read (src/http/request-memo.ts).
   app.use((_ctx, next) => withRequestMemo(next));
+  app.use(services.metrics.middleware());
   app.use(requestLog(logger));
   app.use(securityHeaders({ hsts: config.isProduction && config.secureTransport }));
+  // On the main port only when METRICS_PORT does not give them a listener of their own.
+  if (config.metrics.onMainPort) app.use(services.metrics.endpoint(config.metrics.token));
   // Compiled templates are cached except in development, where edits show on reload.
   app.use(views(path.join(projectRoot(), 'views'), { cache: config.nodeEnv !== 'development' }));
   const guards = requestGuards({
@@ -113,6 +116,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   const interactions = interactionRoutes({
     provider, store: services.store, accounts: services.accounts, logger, config,
     rateLimits: services.rateLimits, lockout: services.lockout, mfa: services.mfa, challenges: services.mfaChallenges,
+    metrics: services.metrics,
   });
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());

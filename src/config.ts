@@ -55,6 +55,12 @@ export interface Config {
   readonly revocationRefreshSeconds: number;
   /** How long an instance may use client metadata it has read (0: always read). */
   readonly clientCacheSeconds: number;
+  /**
+   * Prometheus metrics (src/observability/metrics.ts): `port` gives them a listener of their own;
+   * otherwise `token` puts them on the main port behind a bearer token; `onMainPort` says whether
+   * the main port serves /metrics at all (with the token, or outside production).
+   */
+  readonly metrics: { readonly port: number | undefined; readonly token: string | undefined; readonly onMainPort: boolean };
   readonly ttl: {
     readonly accessToken: number;
     readonly authorizationCode: number;
@@ -276,6 +282,15 @@ function readJwks(r: Reader): Config['jwks'] {
   }
 }
 
+function readMetrics(r: Reader, isProduction: boolean, mainPort: number): Config['metrics'] {
+  const port = r.raw('METRICS_PORT') === undefined ? undefined : r.int('METRICS_PORT', 0, 1, 65535);
+  if (port !== undefined && port === mainPort) r.problems.push('METRICS_PORT: must differ from PORT');
+  const token = r.raw('METRICS_TOKEN');
+  // A secret a scraper sends with every request: long enough not to be guessed.
+  if (token !== undefined && token.length < 32) r.problems.push('METRICS_TOKEN: expected at least 32 characters');
+  return { port, token, onMainPort: port === undefined && (token !== undefined || !isProduction) };
+}
+
 export function loadConfig(env: Env): Config {
   const r = new Reader(env);
   const nodeEnv = r.oneOf<NodeEnv>('NODE_ENV', ['development', 'production', 'test'], 'development');
@@ -303,6 +318,7 @@ export function loadConfig(env: Env): Config {
     pkceRequiredForConfidentialClients: r.bool('PKCE_REQUIRED_FOR_CONFIDENTIAL_CLIENTS', true),
     sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
     clientCacheSeconds: r.int('CLIENT_CACHE_SECONDS', 10, 0, 300),
+    metrics: readMetrics(r, isProduction, port),
     revocationRefreshSeconds: r.int('REVOCATION_REFRESH_SECONDS', 5, 1, 300),
     auditRetentionDays: r.int('AUDIT_RETENTION_DAYS', 365, 1, 36_500),
     ttl: {

@@ -3,6 +3,7 @@
  * gracefully on SIGINT/SIGTERM.
  */
 import http from 'node:http';
+import Koa from 'koa';
 import { createApp } from './app.ts';
 import { refuseConnect, refuseUnparsable } from './http/methods.ts';
 import { ConfigError, loadConfig, type Config } from './config.ts';
@@ -42,6 +43,13 @@ export async function startServer(
     await services.close();
     throw error;
   });
+  const metricsServer = config.metrics.port === undefined ? undefined
+    : await listenForMetrics(services, config.host, config.metrics.port).catch(async (error: unknown) => {
+      server.close();
+      await stop();
+      await services.close();
+      throw error;
+    });
   const address = server.address();
   const port = typeof address === 'object' && address ? address.port : config.port;
   let closing: Promise<void> | undefined;
@@ -57,6 +65,8 @@ export async function startServer(
     close() {
       closing ??= (async () => {
         draining = true;
+        metricsServer?.close();
+        metricsServer?.closeAllConnections();
         // Load balancers that learn of the shutdown from readiness keep sending for a while.
         if (limits.shutdownDelayMs > 0) await delay(limits.shutdownDelayMs);
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
@@ -78,6 +88,18 @@ export async function startServer(
 }
 
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
+
+/** METRICS_PORT: /metrics on a listener of its own (and nothing else there). */
+async function listenForMetrics(services: Services, host: string, port: number): Promise<http.Server> {
+  const app = new Koa();
+  app.use(services.metrics.endpoint(services.config.metrics.token));
+  const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, app.callback());
+  await new Promise<void>((resolve, reject) => {
+    server.once('error', reject);
+    server.listen(port, host, () => resolve());
+  });
+  return server;
+}
 
 /** Loads the config from the environment or exits with one line per bad variable. */
 export function configFromEnvironment(overrides: Record<string, string> = {}): Config {

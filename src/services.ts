@@ -25,6 +25,7 @@ import { ensureDevMongo } from './local/services.ts';
 import { createMailer, type MailOutbox } from './mail/mailer.ts';
 import type { Logger } from './observability/logger.ts';
 import { DatabaseHealth } from './observability/health.ts';
+import { Metrics } from './observability/metrics.ts';
 import { ClientService } from './oidc/clients.ts';
 import { generateJwks, loadSigningKeys, type PrivateJwks } from './oidc/keys.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
@@ -56,6 +57,8 @@ export interface Services {
   /** Where limits are counted now: shared in Redis, or locally while Redis fails. */
   readonly limiters: LimiterStore;
   readonly lockout: Lockout;
+  /** Prometheus metrics; only the server collects and serves them (startServices). */
+  readonly metrics: Metrics;
   /**
    * Account e-mail, queued in MongoDB and sent by the server's worker with retries: SMTP, or .eml
    * files in the outbox directory without SMTP_URL (development only).
@@ -213,6 +216,7 @@ export async function openServices(config: Config, logger: Logger, options: Open
     return {
       config, logger, connection, redis, store, accounts, mfa, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
       rateLimits, limiters, lockout, mailer, accountTokens, mfaChallenges, database: new DatabaseHealth(uri, logger),
+      metrics: new Metrics(() => limiters.state()),
       async close() {
         if (closed) return;
         closed = true;
@@ -223,6 +227,17 @@ export async function openServices(config: Config, logger: Logger, options: Open
   } catch (error) {
     await closeConnections(connection, redis);
     throw error;
+  }
+}
+
+/** What the server counts: its process, MongoDB's latency, tokens issued and OAuth errors. */
+function watchForMetrics({ metrics, connection, provider }: Services): void {
+  metrics.collectProcessMetrics();
+  metrics.watchMongo(connection.getClient());
+  provider.on('grant.success', (ctx) => metrics.tokensIssued.inc({ grant_type: String(ctx.oidc.params?.grant_type ?? 'unknown') }));
+  const oauthError = (_ctx: unknown, error: { error?: unknown }) => metrics.oauthErrors.inc({ error: typeof error.error === 'string' ? error.error : 'server_error' });
+  for (const event of ['authorization.error', 'grant.error', 'introspection.error', 'revocation.error', 'userinfo.error', 'end_session.error', 'pushed_authorization_request.error', 'server_error']) {
+    provider.on(event as 'grant.error', oauthError);
   }
 }
 
@@ -241,7 +256,8 @@ async function ensureAccountConsole(services: Services): Promise<void> {
 export async function startServices(
   config: Config, logger: Logger, options: Pick<OpenOptions, 'monitorCommands'> = {},
 ): Promise<{ services: Services; stop: () => Promise<void> }> {
-  const services = await openServices(config, logger, { ...options, mayGenerateKeys: !config.isProduction });
+  // Command monitoring feeds the MongoDB latency metric.
+  const services = await openServices(config, logger, { ...options, monitorCommands: true, mayGenerateKeys: !config.isProduction });
   const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
   const stops: (() => void | Promise<void>)[] = [];
   const stopAll = async () => {
@@ -250,6 +266,7 @@ export async function startServices(
   try {
     if (!config.cookieKeys) logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
     await ensureAccountConsole(services);
+    watchForMetrics(services);
     stops.push(services.database.start());
     await audit.ensureIndexes(config.auditRetentionDays);
     stops.push(store.startSweeper(config.sweepIntervalSeconds, (error) =>

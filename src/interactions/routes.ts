@@ -25,6 +25,7 @@ import type { Lockout } from '../security/lockout.ts';
 import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
+import type { Metrics } from '../observability/metrics.ts';
 import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
 import { firstConsent } from './first-consent.ts';
 import { secondStep } from './second-step.ts';
@@ -55,12 +56,13 @@ export interface InteractionDeps {
   lockout: Lockout;
   mfa: MfaService;
   challenges: MfaChallenges;
+  metrics: Metrics;
 }
 
 type ConsentDetails = { missingOIDCScope?: string[]; missingOIDCClaims?: string[]; missingResourceScopes?: Record<string, string[]> };
 
 export function interactionRoutes(deps: InteractionDeps): Router {
-  const { provider, accounts, logger, config, rateLimits, lockout, mfa } = deps;
+  const { provider, accounts, logger, config, rateLimits, lockout, metrics } = deps;
   const router = new Router({ prefix: '/interaction' });
 
   // Small limits: a login form is well under 1 kB, and large bodies are refused (413) before
@@ -214,6 +216,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     const refusal = await signInRefusal(ctx.ip, email);
     if (refusal) {
       logger.info({ uid, retryAfter: refusal.retryAfterSeconds }, 'sign-in refused: too many attempts');
+      metrics.signIns.inc({ outcome: 'refused', method: 'password' });
       ctx.status = 429;
       ctx.set('Retry-After', String(refusal.retryAfterSeconds));
       return renderLogin(ctx, uid, params.client_id, refusal.message, form.success ? form.data.email : '');
@@ -227,10 +230,13 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       // answers take the same work (and time).
       const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
       logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form', lockSeconds }, 'sign-in failed');
+      metrics.signIns.inc({ outcome: 'failure', method: 'password' });
+      if (lockSeconds > 0) metrics.lockouts.inc({ step: 'password' });
       ctx.status = 401;
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
     }
     await signInSucceeded(ctx.ip, email);
+    metrics.signIns.inc({ outcome: 'success', method: 'password' });
 
     if (config.accounts.requireVerifiedEmail && !signedIn.emailVerified) {
       // Only after the right password, so it tells nothing to someone who does not have it.

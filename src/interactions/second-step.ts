@@ -12,6 +12,7 @@ import type { ArtifactStore } from '../../adapters/mongodb.ts';
 import { MfaError, type MfaService } from '../accounts/mfa.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Logger } from '../observability/logger.ts';
+import type { Metrics } from '../observability/metrics.ts';
 import { ACR_MFA, reportedAcr } from '../oidc/acr.ts';
 import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
 import { tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
@@ -37,11 +38,12 @@ export interface SecondStepDeps {
   rateLimits: RateLimits;
   lockout: Lockout;
   logger: Logger;
+  metrics: Metrics;
   /** Ends the login (and, when it is plain, asks the first consent on the same interaction). */
   finishLogin: (ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>) => Promise<void>;
 }
 
-export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, finishLogin }: SecondStepDeps) {
+export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, metrics, finishLogin }: SecondStepDeps) {
   async function clientName(clientId: unknown): Promise<string | undefined> {
     return typeof clientId === 'string' ? (await provider.Client.find(clientId))?.clientName : undefined;
   }
@@ -71,6 +73,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
 
   /** A refusal for too many codes: status and Retry-After set; returns the text for the page. */
   function tooManyAttempts(ctx: Context, wait: number): string {
+    metrics.signIns.inc({ outcome: 'refused', method: 'second_step' });
     ctx.status = 429;
     ctx.set('Retry-After', String(wait));
     return `Too many attempts. ${tryAgainIn(wait)}`;
@@ -78,7 +81,8 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
 
   async function recordCode(accountId: string, right: boolean): Promise<void> {
     if (!right) {
-      await lockout.recordFailure(`mfa:${accountId}`);
+      metrics.signIns.inc({ outcome: 'failure', method: 'second_step' });
+      if ((await lockout.recordFailure(`mfa:${accountId}`)) > 0) metrics.lockouts.inc({ step: 'second_step' });
       return;
     }
     await Promise.all([lockout.recordSuccess(`mfa:${accountId}`), rateLimits.refund('mfaPerAccount', accountId)]);
@@ -129,6 +133,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         }
         await challenges.end(uid);
         logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
+        metrics.signIns.inc({ outcome: 'success', method: factor === 'otp' ? 'totp' : 'recovery_code' });
         // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
         const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
         await finishLogin(ctx, interaction, { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims) });
