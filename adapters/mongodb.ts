@@ -324,8 +324,10 @@ export class ArtifactStore {
    */
   async revokeAccount(accountId: string): Promise<void> {
     requestMemo()?.forgetAll();
-    await Promise.all(['Session', 'Grant', ...GRANTABLE].map((model) =>
-      this.collection(model).deleteMany({ 'payload.accountId': accountId })));
+    await Promise.all([
+      ...['Session', 'Grant', ...GRANTABLE].map((model) => this.collection(model).deleteMany({ 'payload.accountId': accountId })),
+      this.endHeldLogins(accountId),
+    ]);
   }
 
   /** The account's live grants (to one client, or to all), without their copies. */
@@ -333,6 +335,15 @@ export class ArtifactStore {
     const filter = { 'payload.accountId': accountId, ...(clientId === undefined ? {} : { 'payload.clientId': clientId }), of: { $exists: false } };
     const docs = await this.collection('Grant').find(filter).toArray();
     return docs.filter(isLive).map((doc) => ({ id: doc._id, payload: readPayload(doc.payload) }));
+  }
+
+  /**
+   * Also the interactions holding the account's login until a consent is answered
+   * (src/interactions/first-consent.ts); they are few and short-lived, and the filter scans them on
+   * FerretDB.
+   */
+  private async endHeldLogins(accountId: string): Promise<void> {
+    await this.collection('Interaction').deleteMany({ 'payload.result.login.accountId': accountId });
   }
 
   /** Ends the account's sessions except the one with id `keep` (copies included). */

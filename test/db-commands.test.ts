@@ -90,7 +90,7 @@ test('a sign-in, its code exchange, introspection and a client_credentials token
   // and 1, which oidc-provider's own reads in each request do not leave room for. The first
   // consent is asked on the login's own interaction (src/interactions/first-consent.ts); the
   // client's metadata is read once, then cached.
-  expect(withConsent.length + exchange.length).toBeLessThanOrEqual(23);
+  expect(withConsent.length + exchange.length).toBeLessThanOrEqual(24);
   expect(exchange.length).toBeLessThanOrEqual(6);
   expect(remembered.length).toBeLessThanOrEqual(17);
   // A user's token bound to its session: the token, the session and the grant.

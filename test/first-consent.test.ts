@@ -60,6 +60,7 @@ test('the first consent is asked on the password\'s own interaction, shows the r
 
   const grants = await server.services.store.grantsOf(account.id, rp.client.client_id);
   expect(grants).toHaveLength(1);
+  expect(String((grants[0]!.payload.openid as { scope: string }).scope).split(' ').sort()).toEqual(['email', 'openid']);
 
   // Remembered in the next browser: the password's answer goes straight back to the app.
   const again = await authorizationRequest(rp, { scope: 'openid email' });
@@ -68,6 +69,36 @@ test('the first consent is asked on the password\'s own interaction, shows the r
   expect(next.landed.status).toBe(303);
   await exchangeCode(rp, again, callbackUrl(next.landed));
   expect(await server.services.store.grantsOf(account.id, rp.client.client_id)).toHaveLength(1);
+});
+
+test('auth_time is when the password was given, however long the consent page stayed open', async () => {
+  const account = await newAccount();
+  const request = await authorizationRequest(rp, { scope: 'openid email offline_access' }); // prompt=consent keeps offline_access
+  const browser = new Browser();
+  const before = Math.floor(Date.now() / 1000);
+  const { landed } = await afterPassword(browser, request.url, account.email);
+  const passwordDone = Math.floor(Date.now() / 1000);
+  const page = await landed.text();
+  expect(page).toContain('Stay connected');
+  await new Promise((resolve) => setTimeout(resolve, 2100));
+  const form = readForm(page, landed.url);
+  const tokens = await exchangeCode(rp, request, callbackUrl(await browser.follow(await browser.post(form.action, { ...form.fields, decision: 'allow' }), server.issuer)));
+  expect(tokens.refresh_token).toBeDefined();
+  const authTime = Number(tokens.claims()!.auth_time);
+  expect(authTime).toBeGreaterThanOrEqual(before);
+  expect(authTime).toBeLessThanOrEqual(passwordDone);
+});
+
+test('signing the account out everywhere ends a consent still waiting for its answer', async () => {
+  const account = await newAccount();
+  const request = await authorizationRequest(rp, { scope: 'openid email' });
+  const browser = new Browser();
+  const { landed } = await afterPassword(browser, request.url, account.email);
+  const form = readForm(await landed.text(), landed.url);
+  await server.services.store.revokeAccount(account.id); // what a password reset or "sign out everywhere" does
+  const answer = await browser.post(form.action, { ...form.fields, decision: 'allow' });
+  expect(answer.status).toBe(400);
+  expect(await server.services.store.grantsOf(account.id)).toEqual([]);
 });
 
 test('denying the first consent ends the request with access_denied and grants nothing', async () => {

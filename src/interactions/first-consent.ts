@@ -14,6 +14,8 @@
  * a browser already signed in. Should it still find something missing at the resume, it asks
  * again on its own consent page: a mistake here can cost a question, never grant more than the
  * page showed, since the grant is made from the scopes stored on the interaction, not the form.
+ * A grant revoked between the password and the resume (the read handed over as `knownGrant`)
+ * lets the resume issue a code, which the token endpoint then refuses (it reads the grant).
  */
 import type { Interaction, InteractionResults, Provider } from 'oidc-provider';
 import type { ArtifactStore, StoredGrant } from '../../adapters/mongodb.ts';
@@ -51,15 +53,33 @@ export function firstConsent({ provider, store }: { provider: Provider; store: A
       return result?.login && result.pendingConsent ? { login: result.login, consent: result.pendingConsent } : undefined;
     },
 
-    /** Keeps the login on the interaction until the consent page is answered. */
+    /** Forgets a consent held on this interaction (a new password was given there). */
+    async drop(interaction: Interaction): Promise<void> {
+      if (!this.pending(interaction)) return;
+      interaction.result = undefined;
+      await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
+    },
+
+    /**
+     * Keeps the login on the interaction until the consent page is answered. Signing the account
+     * out everywhere (a password reset, an administrator) deletes such interactions with its
+     * sessions (ArtifactStore.revokeAccount), as a consent interaction of oidc-provider's would
+     * fail with its session.
+     */
     async hold(interaction: Interaction, login: Login, scopes: string[]): Promise<void> {
       interaction.result = { login, pendingConsent: { scopes } satisfies PendingConsent };
       await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
     },
 
-    /** The account's grant to the app for these scopes; the result that finishes login and consent together. */
+    /**
+     * The account's grant to the app for these scopes; the result that finishes login and consent
+     * together. A grant given meanwhile (another tab) gets the scopes added, not a second grant.
+     */
     async grant(interaction: Interaction, login: Login, scopes: string[]): Promise<InteractionResults> {
-      const grant = new provider.Grant({ accountId: login.accountId, clientId: String(interaction.params.client_id) });
+      const clientId = String(interaction.params.client_id);
+      const existing = await store.grantIdFor(login.accountId, clientId);
+      const grant = (existing ? await provider.Grant.find(existing) : undefined)
+        ?? new provider.Grant({ accountId: login.accountId, clientId });
       grant.addOIDCScope(scopes.join(' '));
       return { login, consent: { grantId: await grant.save() } };
     },

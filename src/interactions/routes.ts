@@ -184,9 +184,9 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       if (acrDemand(params.claims, client) === 'unreachable') {
         return finish(ctx, interaction, { error: 'access_denied', error_description: 'none of the requested authentication context classes is available' });
       }
+      if (await second.resume(ctx, uid, params.client_id)) return;
       const pending = first.pending(interaction);
       if (pending) return renderConsent(ctx, uid, client?.clientName, pending.consent.scopes);
-      if (await second.resume(ctx, uid, params.client_id)) return;
       // Core 3.1.2.1: login_hint fills in the email the relying party already knows.
       const hint = typeof params.login_hint === 'string' && params.login_hint.length <= 254 ? params.login_hint : '';
       return renderLogin(ctx, uid, params.client_id, undefined, hint);
@@ -243,12 +243,15 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       ctx.status = 403;
       return renderLogin(ctx, uid, params.client_id, 'Verify your email address first: follow the link we sent you, or ask for a new one at /verify-email/resend.', email);
     }
+    // A consent held for an earlier password on this interaction (perhaps another account's) ends here.
+    await first.drop(interaction);
     if (signedIn.mfaEnabled) return second.begin(ctx, uid, accountId, params.client_id, false);
     // The application demands a second factor this account does not have: set it up in place.
     const client = await provider.Client.find(String(params.client_id));
     if (acrDemand(params.claims, client) === 'mfa') return second.begin(ctx, uid, accountId, params.client_id, true);
     logger.info({ uid, accountId }, 'sign-in succeeded');
-    await finishLogin(ctx, interaction, { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims) });
+    // ts: when the password was given, which auth_time reports (the consent may come later).
+    await finishLogin(ctx, interaction, { accountId, amr: ['pwd'], acr: reportedAcr(ACR_PASSWORD, params.claims), ts: Math.floor(Date.now() / 1000) });
   });
 
   router.post('/:uid/consent', async (ctx) => {

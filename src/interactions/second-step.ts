@@ -136,7 +136,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         metrics.signIns.inc({ outcome: 'success', method: factor === 'otp' ? 'totp' : 'recovery_code' });
         // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
         const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
-        await finishLogin(ctx, interaction, { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims) });
+        await finishLogin(ctx, interaction, { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims), ts: Math.floor(Date.now() / 1000) });
       });
 
       router.post('/:uid/mfa-setup', async (ctx) => {
@@ -159,7 +159,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         // browser's stays, since the sign-in resumes with it.
         await store.endOtherSessions(accountId, interaction.session?.cookie ?? '');
         logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
-        interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims) } };
+        interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims), ts: Math.floor(Date.now() / 1000) } };
         await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
         // The codes are shown once, here; the link resumes the authorization request.
         await ctx.render('recovery-codes', {
