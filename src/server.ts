@@ -65,11 +65,11 @@ export async function startServer(
     close() {
       closing ??= (async () => {
         draining = true;
-        metricsServer?.close();
-        metricsServer?.closeAllConnections();
         // Load balancers that learn of the shutdown from readiness keep sending for a while.
         if (limits.shutdownDelayMs > 0) await delay(limits.shutdownDelayMs);
         const closed = new Promise<void>((resolve) => server.close(() => resolve()));
+        metricsServer?.close();
+        metricsServer?.closeAllConnections();
         server.closeIdleConnections();
         const graceEnds = Date.now() + limits.shutdownGraceMs;
         // idle() ends before the last answer is written; `closed` once it is out and its connection gone.
@@ -91,6 +91,9 @@ const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve,
 
 /** METRICS_PORT: /metrics on a listener of its own (and nothing else there). */
 async function listenForMetrics(services: Services, host: string, port: number): Promise<http.Server> {
+  if (!services.config.metrics.token && !['127.0.0.1', '::1', 'localhost'].includes(host)) {
+    services.logger.warn({ host, port }, 'metrics are served without METRICS_TOKEN on a non-loopback address: keep METRICS_PORT off any network a client can reach');
+  }
   const app = new Koa();
   app.use(services.metrics.endpoint(services.config.metrics.token));
   const server = http.createServer({ requestTimeout: 10_000, headersTimeout: 5_000 }, app.callback());

@@ -25,7 +25,7 @@ import { ensureDevMongo } from './local/services.ts';
 import { createMailer, type MailOutbox } from './mail/mailer.ts';
 import type { Logger } from './observability/logger.ts';
 import { DatabaseHealth } from './observability/health.ts';
-import { Metrics } from './observability/metrics.ts';
+import { Metrics, oauthErrorLabel } from './observability/metrics.ts';
 import { ClientService } from './oidc/clients.ts';
 import { generateJwks, loadSigningKeys, type PrivateJwks } from './oidc/keys.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
@@ -232,11 +232,15 @@ export async function openServices(config: Config, logger: Logger, options: Open
 
 /** What the server counts: its process, MongoDB's latency, tokens issued and OAuth errors. */
 function watchForMetrics({ metrics, connection, provider }: Services): void {
-  metrics.collectProcessMetrics();
+  metrics.includeProcessMetrics();
   metrics.watchMongo(connection.getClient());
+  // oidc-provider emits it for supported grant types only, so the label stays within them.
   provider.on('grant.success', (ctx) => metrics.tokensIssued.inc({ grant_type: String(ctx.oidc.params?.grant_type ?? 'unknown') }));
-  const oauthError = (_ctx: unknown, error: { error?: unknown }) => metrics.oauthErrors.inc({ error: typeof error.error === 'string' ? error.error : 'server_error' });
-  for (const event of ['authorization.error', 'grant.error', 'introspection.error', 'revocation.error', 'userinfo.error', 'end_session.error', 'pushed_authorization_request.error', 'server_error']) {
+  const oauthError = (_ctx: unknown, error: { error?: unknown }) => metrics.oauthErrors.inc({ error: oauthErrorLabel(error.error) });
+  for (const event of [
+    'authorization.error', 'grant.error', 'introspection.error', 'revocation.error', 'userinfo.error', 'end_session.error',
+    'end_session_confirm.error', 'end_session_success.error', 'pushed_authorization_request.error', 'server_error',
+  ]) {
     provider.on(event as 'grant.error', oauthError);
   }
 }
@@ -256,8 +260,10 @@ async function ensureAccountConsole(services: Services): Promise<void> {
 export async function startServices(
   config: Config, logger: Logger, options: Pick<OpenOptions, 'monitorCommands'> = {},
 ): Promise<{ services: Services; stop: () => Promise<void> }> {
-  // Command monitoring feeds the MongoDB latency metric.
-  const services = await openServices(config, logger, { ...options, monitorCommands: true, mayGenerateKeys: !config.isProduction });
+  // Command monitoring feeds the MongoDB latency metric; it costs an event per command, so only
+  // where metrics are served.
+  const served = config.metrics.port !== undefined || config.metrics.onMainPort;
+  const services = await openServices(config, logger, { ...options, monitorCommands: served || options.monitorCommands, mayGenerateKeys: !config.isProduction });
   const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
   const stops: (() => void | Promise<void>)[] = [];
   const stopAll = async () => {
@@ -266,7 +272,7 @@ export async function startServices(
   try {
     if (!config.cookieKeys) logger.warn('COOKIE_KEYS is not set: using a random key, so sessions end when this process stops');
     await ensureAccountConsole(services);
-    watchForMetrics(services);
+    if (served) watchForMetrics(services);
     stops.push(services.database.start());
     await audit.ensureIndexes(config.auditRetentionDays);
     stops.push(store.startSweeper(config.sweepIntervalSeconds, (error) =>

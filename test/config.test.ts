@@ -206,3 +206,19 @@ test('.env.example documents every variable the configuration reads, and the REA
   expect(names.filter((name) => !new RegExp(`^#? ?${name}=`, 'm').test(example))).toEqual([]);
   expect(names.filter((name) => !readme.includes(`\`${name}\``))).toEqual([]);
 });
+
+describe('metrics', () => {
+  const token = 't'.repeat(32);
+  test('served openly outside production, in production only with METRICS_PORT or METRICS_TOKEN', () => {
+    expect(loadConfig({}).metrics).toEqual({ port: undefined, token: undefined, onMainPort: true });
+    expect(loadConfig(PRODUCTION).metrics).toEqual({ port: undefined, token: undefined, onMainPort: false });
+    expect(loadConfig({ ...PRODUCTION, METRICS_TOKEN: token }).metrics).toEqual({ port: undefined, token, onMainPort: true });
+    expect(loadConfig({ ...PRODUCTION, METRICS_PORT: '9464' }).metrics).toEqual({ port: 9464, token: undefined, onMainPort: false });
+  });
+
+  test('a short token, a bad port or the main port are refused, naming the variable', () => {
+    expect(problemsFor({ METRICS_TOKEN: 'short' }, 'METRICS_TOKEN')).toHaveLength(1);
+    expect(problemsFor({ METRICS_PORT: 'x' }, 'METRICS_PORT')).toHaveLength(1);
+    expect(problemsFor({ PORT: '4000', METRICS_PORT: '4000' }, 'METRICS_PORT')).toHaveLength(1);
+  });
+});

@@ -89,6 +89,7 @@ describe('on the main port, behind a bearer token', () => {
   });
 
   test('without the token, or with another, nothing is told', async () => {
+    expect((await scrape(`bearer ${TOKEN}`)).status).toBe(200); // RFC 6750: the scheme is case-insensitive
     for (const authorization of [undefined, 'Bearer not-the-token', `Basic ${TOKEN}`]) {
       const answer = await scrape(authorization);
       expect(answer.status).toBe(401);

@@ -33,6 +33,12 @@ import { secondStep } from './second-step.ts';
 /** Shared by both the wrong-password and unknown-email answers, word for word. */
 export const LOGIN_FAILED = 'The email or password is incorrect.';
 
+/** The metrics' name for what finished a sign-in, from its RFC 8176 amr. */
+function signInMethod(amr: readonly string[] | undefined): string {
+  if (amr?.includes('otp')) return 'totp';
+  return amr?.includes('mfa') ? 'recovery_code' : 'password';
+}
+
 // Strict objects: unknown keys (including "$"-prefixed operators) fail validation.
 const loginForm = z.object({
   _csrf: z.string(),
@@ -107,6 +113,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
    * this interaction when that is plain (first-consent.ts), or hands the login to oidc-provider.
    */
   async function finishLogin(ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>): Promise<void> {
+    metrics.signIns.inc({ outcome: 'success', method: signInMethod(login.amr) });
     const decision = await first.decide(interaction, login.accountId);
     if (!decision || 'known' in decision) return finish(ctx, interaction, { login, ...(decision ? { [KNOWN_GRANT]: decision.known } : {}) });
     const client = await provider.Client.find(String(interaction.params.client_id));
@@ -236,7 +243,6 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');
     }
     await signInSucceeded(ctx.ip, email);
-    metrics.signIns.inc({ outcome: 'success', method: 'password' });
 
     if (config.accounts.requireVerifiedEmail && !signedIn.emailVerified) {
       // Only after the right password, so it tells nothing to someone who does not have it.

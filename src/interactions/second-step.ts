@@ -133,7 +133,6 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         }
         await challenges.end(uid);
         logger.info({ uid, accountId, factor }, 'sign-in succeeded with a second step');
-        metrics.signIns.inc({ outcome: 'success', method: factor === 'otp' ? 'totp' : 'recovery_code' });
         // RFC 8176: "otp" for the app's code; a recovery code is another factor, but not an OTP device.
         const amr = factor === 'otp' ? ['pwd', 'otp'] : ['pwd', 'mfa'];
         await finishLogin(ctx, interaction, { accountId, amr, acr: reportedAcr(ACR_MFA, params.claims), ts: Math.floor(Date.now() / 1000) });
@@ -159,6 +158,7 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         // browser's stays, since the sign-in resumes with it.
         await store.endOtherSessions(accountId, interaction.session?.cookie ?? '');
         logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
+        metrics.signIns.inc({ outcome: 'success', method: 'totp' });
         interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims), ts: Math.floor(Date.now() / 1000) } };
         await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
         // The codes are shown once, here; the link resumes the authorization request.

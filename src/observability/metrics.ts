@@ -14,6 +14,30 @@ import type { Context, Middleware } from 'koa';
 import type { mongo } from 'mongoose';
 import { collectDefaultMetrics, Counter, Gauge, Histogram, Registry } from 'prom-client';
 
+/**
+ * The process's own metrics, once per process: each collectDefaultMetrics call starts monitors
+ * (event-loop delay, garbage collection) that cannot be stopped, and tests run many servers.
+ */
+let processRegistry: Registry | undefined;
+function processMetrics(): Registry {
+  if (!processRegistry) {
+    processRegistry = new Registry();
+    collectDefaultMetrics({ register: processRegistry });
+  }
+  return processRegistry;
+}
+
+/** OAuth and OpenID Connect error codes as labels; anything else is `other`. */
+const OAUTH_ERRORS = new Set([
+  'invalid_request', 'invalid_client', 'invalid_grant', 'unauthorized_client', 'unsupported_grant_type', 'invalid_scope',
+  'access_denied', 'unsupported_response_type', 'server_error', 'temporarily_unavailable', 'invalid_token', 'insufficient_scope',
+  'interaction_required', 'login_required', 'account_selection_required', 'consent_required', 'invalid_request_uri',
+  'invalid_request_object', 'request_not_supported', 'request_uri_not_supported', 'registration_not_supported',
+  'invalid_redirect_uri', 'invalid_client_metadata', 'invalid_target', 'invalid_dpop_proof', 'use_dpop_nonce',
+  'unsupported_token_type', 'authorization_pending', 'slow_down', 'expired_token', 'invalid_software_statement',
+]);
+export const oauthErrorLabel = (code: unknown) => (typeof code === 'string' && OAUTH_ERRORS.has(code) ? code : 'other');
+
 const SECONDS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
 const METHODS = new Set(['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS']);
 
@@ -24,7 +48,7 @@ export class Metrics {
     labelNames: ['route', 'method', 'status'] as const, buckets: SECONDS, registers: [this.registry],
   });
   readonly signIns = new Counter({
-    name: 'idp_signins_total', help: 'Sign-in steps by outcome (success, failure, refused: too many attempts) and method (password; totp or recovery_code for a second step that succeeded, second_step for one that did not)',
+    name: 'idp_signins_total', help: 'Sign-ins by outcome: success once per finished sign-in, by the method that finished it (password, totp, recovery_code); failure and refused (too many attempts) per step (password, second_step)',
     labelNames: ['outcome', 'method'] as const, registers: [this.registry],
   });
   readonly tokensIssued = new Counter({
@@ -62,10 +86,13 @@ export class Metrics {
     });
   }
 
-  /** The process's own metrics: CPU, memory, event-loop lag, handles, garbage collection. */
-  collectProcessMetrics(): void {
-    collectDefaultMetrics({ register: this.registry });
+  /** The process's own metrics too (CPU, memory, event-loop lag, handles, garbage collection). */
+  includeProcessMetrics(): void {
+    this.withProcess = true;
+    processMetrics();
   }
+
+  private withProcess = false;
 
   /** Times every command of this client (it must have been created with monitorCommands). */
   watchMongo(client: mongo.MongoClient): void {
@@ -98,7 +125,7 @@ export class Metrics {
         return undefined;
       }
       if (expected) {
-        const presented = /^Bearer (.+)$/.exec(ctx.get('authorization'))?.[1];
+        const presented = /^Bearer (.+)$/i.exec(ctx.get('authorization'))?.[1];
         if (!presented || !timingSafeEqual(digest(presented), expected)) {
           ctx.status = 401;
           ctx.set('WWW-Authenticate', 'Bearer realm="metrics"');
@@ -106,8 +133,9 @@ export class Metrics {
         }
       }
       ctx.set('Cache-Control', 'no-store');
-      ctx.type = this.registry.contentType;
-      ctx.body = await this.registry.metrics();
+      const registry = this.withProcess ? Registry.merge([this.registry, processMetrics()]) : this.registry;
+      ctx.type = registry.contentType;
+      ctx.body = await registry.metrics();
       return undefined;
     };
   }
