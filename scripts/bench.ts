@@ -27,8 +27,9 @@
  * doc_get, doc_list, doc_create (the documents API with a client_credentials JWT, after seeding
  * BENCH_DOCUMENTS documents; the provider's log then goes to a file and the JWKS fetches it logs
  * are counted: this should be about 1, not one per request); ratelimit (the sign-in's limiter work
- * against the same Redis, timed in this process, printed under the table); sweep (a hook for the
- * expiry sweeper to come: scripts/bench/sweep.ts). Any non-2xx answer counts as an error.
+ * against the same Redis, timed in this process, printed under the table); sweep (round 1 only: the
+ * old single deleteMany against the expiry sweeper's ticks, scripts/bench/sweep.ts). Any non-2xx
+ * answer counts as an error.
  *
  * Options: BENCH_SECONDS (per run, default 5), BENCH_ROUNDS (3), BENCH_CONNECTIONS (autocannon, 32),
  * BENCH_SIGNIN_CONCURRENCY (8), BENCH_MFA_ACCOUNTS, BENCH_DOCUMENTS (200), BENCH_ONLY,

@@ -14,6 +14,7 @@ import type { Context, Middleware } from 'koa';
 import type { mongo } from 'mongoose';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 import { Counter, Gauge, Histogram, Registry } from 'prom-client';
+import type { LimiterState } from '../security/limiter-store.ts';
 
 /**
  * The process's own metrics, under prom-client's default names, read when scraped. Not
@@ -103,7 +104,7 @@ export class Metrics {
   });
 
   /** `redisState`: whether rate limits are shared in Redis right now (src/security/limiter-store.ts). */
-  constructor(redisState: () => 'shared' | 'local' | 'not configured') {
+  constructor(redisState: () => LimiterState) {
     const registry = this.registry;
     new Gauge({
       name: 'idp_redis_limits_shared',
