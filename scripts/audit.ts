@@ -25,4 +25,4 @@ await runCli(USAGE, async ([command, ...rest], open) => {
   for (const { _id, at, ...event } of events) {
     process.stdout.write(`${JSON.stringify({ id: _id, at: at.toISOString(), ...event })}\n`);
   }
-});
+}, { operator: false });

@@ -61,6 +61,23 @@ export interface Config {
    * the main port serves /metrics at all (with the token, or outside production).
    */
   readonly metrics: { readonly port: number | undefined; readonly token: string | undefined; readonly onMainPort: boolean };
+  /** OpenTelemetry tracing (src/observability/tracing.ts): on only when an OTLP endpoint is set. */
+  readonly tracing: { readonly endpoint: string | undefined; readonly serviceName: string };
+  /** Signing keys kept in MongoDB (src/oidc/keys.ts). */
+  readonly keys: {
+    /** Rotate automatically: a new key every this many days (undefined: only by `keys rotate`). */
+    readonly rotationDays: number | undefined;
+    /** How often each instance re-reads the keys, so a rotation step reaches it without restart. */
+    readonly refreshSeconds: number;
+  };
+  /**
+   * SECRETS_KEY: AES-256-GCM keys for secrets at rest (signing keys, client secrets), newest
+   * first; the first encrypts, any of them decrypts. Undefined stores them in the clear
+   * (development only).
+   */
+  readonly secretsKeys: readonly SecretsKey[] | undefined;
+  /** Dynamic client registration (RFC 7591/7592), only with an initial access token. */
+  readonly clientRegistration: { readonly enabled: boolean };
   readonly ttl: {
     readonly accessToken: number;
     readonly authorizationCode: number;
@@ -106,6 +123,12 @@ export interface Config {
   };
 }
 
+/** One SECRETS_KEY entry: `id:key`, the key 32 random bytes in base64 or base64url. */
+export interface SecretsKey {
+  readonly id: string;
+  readonly key: Buffer;
+}
+
 /** A rate limit: at most `points` events per `seconds`. */
 export interface Limit {
   readonly points: number;
@@ -117,7 +140,7 @@ export const MAX_ACCESS_TOKEN_SECONDS = 24 * 60 * 60;
 
 export const RATE_LIMIT_NAMES = [
   'signinAttemptsPerIp', 'signinPerIp', 'signinPerAccount', 'mfaPerAccount', 'registerPerIp', 'registerPerEmail',
-  'resetPerIp', 'resetPerEmail', 'verifyPerIp', 'verifyPerEmail', 'tokenPerClient',
+  'resetPerIp', 'resetPerEmail', 'verifyPerIp', 'verifyPerEmail', 'tokenPerClient', 'deviceCodePerIp',
 ] as const;
 export type RateLimitName = (typeof RATE_LIMIT_NAMES)[number];
 
@@ -192,6 +215,8 @@ const RATE_LIMIT_DEFAULTS: Record<RateLimitName, [env: string, points: number, s
   verifyPerIp: ['RATE_LIMIT_VERIFY_PER_IP', 10, 3600],
   verifyPerEmail: ['RATE_LIMIT_VERIFY_PER_EMAIL', 3, 3600],
   tokenPerClient: ['RATE_LIMIT_TOKEN_PER_CLIENT', 600, 60],
+  // Codes typed on the /device page: a user code has about 2^40 values, so guessing needs far more.
+  deviceCodePerIp: ['RATE_LIMIT_DEVICE_CODE_PER_IP', 20, 300],
 };
 
 function readRateLimits(r: Reader): Config['rateLimits'] {
@@ -291,6 +316,26 @@ function readMetrics(r: Reader, isProduction: boolean, mainPort: number): Config
   return { port, token, onMainPort: port === undefined && (token !== undefined || !isProduction) };
 }
 
+function readSecretsKeys(r: Reader, isProduction: boolean): Config['secretsKeys'] {
+  const value = r.raw('SECRETS_KEY');
+  if (value === undefined) {
+    if (isProduction) r.problems.push('SECRETS_KEY: required in production ("id:key", the key 32 random bytes in base64; newest first, comma-separated)');
+    return undefined;
+  }
+  const keys = value.split(',').map((entry) => {
+    const match = /^([\w-]{1,32}):([A-Za-z0-9+/_-]{43}={0,1})$/.exec(entry.trim());
+    const key = match ? Buffer.from(match[2]!.replace(/=$/, ''), 'base64url') : undefined;
+    return match && key?.length === 32 ? { id: match[1]!, key } : undefined;
+  });
+  const ids = keys.map((k) => k?.id);
+  if (keys.some((k) => k === undefined) || new Set(ids).size !== ids.length) {
+    // Never echo the value: it is the key.
+    r.problems.push('SECRETS_KEY: expected comma-separated "id:key" entries with distinct ids, each key 32 random bytes in base64 (openssl rand -base64 32)');
+    return undefined;
+  }
+  return keys as SecretsKey[];
+}
+
 export function loadConfig(env: Env): Config {
   const r = new Reader(env);
   const nodeEnv = r.oneOf<NodeEnv>('NODE_ENV', ['development', 'production', 'test'], 'development');
@@ -319,6 +364,16 @@ export function loadConfig(env: Env): Config {
     sweepIntervalSeconds: r.int('EXPIRED_SWEEP_INTERVAL_SECONDS', 60, 5, day),
     clientCacheSeconds: r.int('CLIENT_CACHE_SECONDS', 10, 0, 300),
     metrics: readMetrics(r, isProduction, port),
+    tracing: {
+      endpoint: r.url('OTEL_EXPORTER_OTLP_ENDPOINT', ['http:', 'https:']),
+      serviceName: r.string('OTEL_SERVICE_NAME', 'oidc-idp'),
+    },
+    keys: {
+      rotationDays: r.raw('KEY_ROTATION_DAYS') === undefined ? undefined : r.int('KEY_ROTATION_DAYS', 90, 1, 3650),
+      refreshSeconds: r.int('KEYS_REFRESH_SECONDS', 60, 1, 3600),
+    },
+    secretsKeys: readSecretsKeys(r, isProduction),
+    clientRegistration: { enabled: r.bool('CLIENT_REGISTRATION_ENABLED', false) },
     revocationRefreshSeconds: r.int('REVOCATION_REFRESH_SECONDS', 5, 1, 300),
     auditRetentionDays: r.int('AUDIT_RETENTION_DAYS', 365, 1, 36_500),
     ttl: {

@@ -18,6 +18,7 @@ const PRODUCTION = {
   SMTP_URL: 'smtps://mailer:secret@smtp.internal:465',
   COOKIE_KEYS: `${COOKIE_KEY},${'o'.repeat(40)}`,
   TRUST_PROXY: 'true',
+  SECRETS_KEY: `k1:${Buffer.alloc(32, 7).toString('base64')}`,
 };
 
 /** The ConfigError thrown by loadConfig(env); fails the test when nothing (or something else) is thrown. */

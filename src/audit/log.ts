@@ -18,6 +18,8 @@ export interface AuditEvent {
   outcome: AuditOutcome;
   /** Why access was denied (a short code), absent on success. */
   reason?: string;
+  /** Identifiers and counts that say more about the action (never a secret). */
+  details?: Record<string, string | number | boolean | null>;
   ip: string;
   requestId: string | null;
 }
@@ -26,6 +28,8 @@ export type NewAuditEvent = Omit<AuditEvent, '_id' | 'at'>;
 
 export interface TailFilter {
   actor?: string | undefined;
+  /** An action, or a prefix of actions ending in a dot: `signin.` matches every sign-in event. */
+  action?: string | undefined;
   since?: Date | undefined;
   limit: number;
 }
@@ -109,6 +113,9 @@ export class AuditLog {
   async tail(filter: TailFilter): Promise<AuditEvent[]> {
     const query: Record<string, unknown> = {};
     if (filter.actor !== undefined) query['actor.sub'] = filter.actor;
+    if (filter.action !== undefined) {
+      query.action = filter.action.endsWith('.') ? { $regex: `^${filter.action.replaceAll('.', '\\.')}` } : filter.action;
+    }
     if (filter.since !== undefined) query.at = { $gte: filter.since };
     const latest = await this.events.find(query).sort({ _id: -1 }).limit(filter.limit).toArray();
     return latest.reverse();
