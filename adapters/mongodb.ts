@@ -74,6 +74,9 @@ export interface ArtifactDocument {
 /** A grant found by its account and client, with its document when it was read whole. */
 export interface StoredGrant { id: string; doc?: ArtifactDocument }
 
+/** An artifact read back for administration or notification: its id and payload. */
+export interface LiveArtifact { id: string; payload: AdapterPayload }
+
 /** A grant pointer, or a pointer of the `oidc_lookup` collection that earlier versions wrote. */
 interface PointerDocument { _id: string; id: string; expiresAt?: Date }
 
@@ -185,6 +188,7 @@ export class ArtifactStore {
   legacyPointers = false;
   readonly clientCache: ClientCache;
   private readonly forceIndexedKeys: boolean | undefined;
+  private readonly sessionsEndedListeners: ((sessions: LiveArtifact[]) => Promise<void> | void)[] = [];
 
   /** `indexedKeys` overrides the detection (the adapter contract runs both ways on FerretDB). */
   constructor(connection: Connection, options: { clientCacheSeconds?: number; indexedKeys?: boolean } = {}) {
@@ -324,10 +328,57 @@ export class ArtifactStore {
    */
   async revokeAccount(accountId: string): Promise<void> {
     requestMemo()?.forgetAll();
+    const ending = await this.sessionsToNotify({ 'payload.accountId': accountId });
     await Promise.all([
       ...['Session', 'Grant', ...GRANTABLE].map((model) => this.collection(model).deleteMany({ 'payload.accountId': accountId })),
       this.endHeldLogins(accountId),
     ]);
+    await this.notifySessionsEnded(ending);
+  }
+
+  /**
+   * Called with the sessions ended by revokeAccount, endOtherSessions and endSession (not with those
+   * oidc-provider ends itself, nor with expired ones), after they are deleted: back-channel logout
+   * tells their apps. A listener's failure is its own; the sessions stay ended.
+   */
+  onSessionsEnded(listener: (sessions: LiveArtifact[]) => Promise<void> | void): void {
+    this.sessionsEndedListeners.push(listener);
+  }
+
+  /** The account's live sessions, without their copies. */
+  async sessionsOf(accountId: string): Promise<LiveArtifact[]> {
+    const docs = await this.collection('Session').find({ 'payload.accountId': accountId, of: { $exists: false } }).toArray();
+    return docs.filter(isLive).map((doc) => ({ id: doc._id, payload: readPayload(doc.payload) }));
+  }
+
+  /**
+   * Ends one session of the account (an administrator's `user revoke-session`), found by its id
+   * or its uid; returns whether there was one. Its tokens stay until their grant is revoked.
+   */
+  async endSession(accountId: string, sessionId: string): Promise<boolean> {
+    requestMemo()?.forgetAll();
+    const session = (await this.sessionsOf(accountId)).find(({ id, payload }) => id === sessionId || payload.uid === sessionId);
+    if (!session) return false;
+    await this.adapterFor('Session').destroy(session.id);
+    await this.notifySessionsEnded([session]);
+    return true;
+  }
+
+  private async sessionsToNotify(filter: Record<string, unknown>): Promise<LiveArtifact[]> {
+    if (this.sessionsEndedListeners.length === 0) return [];
+    const docs = await this.collection('Session').find({ ...filter, of: { $exists: false } }).toArray();
+    return docs.filter(isLive).map((doc) => ({ id: doc._id, payload: readPayload(doc.payload) }));
+  }
+
+  private async notifySessionsEnded(sessions: LiveArtifact[]): Promise<void> {
+    if (sessions.length === 0) return;
+    for (const listener of this.sessionsEndedListeners) {
+      try {
+        await listener(sessions);
+      } catch {
+        // The listener reports its own failures (it owns the retries).
+      }
+    }
   }
 
   /** The account's live grants (to one client, or to all), without their copies. */
@@ -349,7 +400,10 @@ export class ArtifactStore {
   /** Ends the account's sessions except the one with id `keep` (copies included). */
   async endOtherSessions(accountId: string, keep: string): Promise<void> {
     requestMemo()?.forgetAll();
-    await this.collection('Session').deleteMany({ 'payload.accountId': accountId, 'payload.jti': { $ne: keep } });
+    const filter = { 'payload.accountId': accountId, 'payload.jti': { $ne: keep } };
+    const ending = await this.sessionsToNotify(filter);
+    await this.collection('Session').deleteMany(filter);
+    await this.notifySessionsEnded(ending);
   }
 
   adapterFor(model: string): MongoAdapter {
