@@ -46,7 +46,7 @@ import type { ChildProcess } from 'node:child_process';
 import { loadConfig } from '../src/config.ts';
 import { freePort, projectRoot, startEphemeralMongo, startEphemeralRedis, type LocalService } from '../src/local/services.ts';
 import { createLogger } from '../src/observability/logger.ts';
-import { storeNewJwks } from '../src/oidc/keys.ts';
+import { keyRingFor } from '../src/oidc/keys.ts';
 import { openServices } from '../src/services.ts';
 import { countJwksFetches, createdDocumentsRemover, documentsAccessToken, seedDocuments } from './bench/documents.ts';
 import { measure } from './bench/measure.ts';
@@ -110,7 +110,7 @@ const password = 'cobalt lantern thistle 1234';
 const seeded = await (async () => {
   const seed = await openServices(loadConfig(env), createLogger('error', 2));
   try {
-    await storeNewJwks(seed.connection);
+    await keyRingFor(seed.connection, seed.config).generate();
     return {
       service: await seed.clients.create({ name: 'bench service', grantTypes: ['client_credentials'], scope: 'openid' }),
       webApp: await seed.clients.create({ name: 'bench web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid email' }),

@@ -123,6 +123,14 @@ describe('malformed values', () => {
     ['SMTP_URL', 'http://mail'],
     ['PASSWORD_MIN_LENGTH', '6'],
     ['LOCKOUT_THRESHOLD', '1'],
+    ['KEY_ROTATION_DAYS', '0'],
+    ['KEYS_REFRESH_SECONDS', 'soon'],
+    ['JWKS_CACHE_SECONDS', '0'],
+    ['SECRETS_KEY', 'k1:short'],
+    ['SECRETS_KEY', `${Buffer.alloc(32).toString('base64')}`],
+    ['SECRETS_KEY', `a:${Buffer.alloc(32).toString('base64')},a:${Buffer.alloc(32, 1).toString('base64')}`],
+    ['OTEL_EXPORTER_OTLP_ENDPOINT', 'collector:4318'],
+    ['CLIENT_REGISTRATION_ENABLED', 'maybe'],
   ])('%s=%s is reported on one line naming the variable', (variable, value) => {
     const error = configError({ [variable]: value });
     expect(error.problems).toHaveLength(1);
@@ -147,6 +155,24 @@ describe('malformed values', () => {
   });
 });
 
+describe('keys and secrets', () => {
+  test('SECRETS_KEY takes id:key entries, newest first, in base64 or base64url; the value is never echoed', () => {
+    const a = Buffer.alloc(32, 0xfb);
+    const config = loadConfig({ SECRETS_KEY: `new:${a.toString('base64url')}, old-1:${a.toString('base64')}` });
+    expect(config.secretsKeys?.map((k) => k.id)).toEqual(['new', 'old-1']);
+    expect(config.secretsKeys?.every((k) => k.key.equals(a))).toBe(true);
+    const bad = `k1:${'A'.repeat(40)}`;
+    expect(configError({ SECRETS_KEY: bad }).message).not.toContain(bad);
+  });
+
+  test('rotation is off unless KEY_ROTATION_DAYS is set; keys are re-read every minute and the JWKS cached 5 minutes', () => {
+    expect(loadConfig({}).keys).toEqual({ rotationDays: undefined, refreshSeconds: 60, jwksCacheSeconds: 300 });
+    expect(loadConfig({ KEY_ROTATION_DAYS: '30' }).keys.rotationDays).toBe(30);
+    expect(loadConfig({}).tracing).toEqual({ endpoint: undefined, serviceName: 'oidc-idp' });
+    expect(loadConfig({}).clientRegistration.enabled).toBe(false);
+  });
+});
+
 describe('production', () => {
   test('a complete https configuration is accepted', () => {
     const config = loadConfig(PRODUCTION);
@@ -165,7 +191,7 @@ describe('production', () => {
     expect(error.problems[0]).toMatch(/^TRUST_PROXY: /);
   });
 
-  test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL', 'SMTP_URL'])('refuses to start without %s', (variable) => {
+  test.each(['COOKIE_KEYS', 'MONGODB_URI', 'REDIS_URL', 'SMTP_URL', 'SECRETS_KEY'])('refuses to start without %s', (variable) => {
     const env: Record<string, string> = { ...PRODUCTION };
     delete env[variable];
     const error = configError(env);

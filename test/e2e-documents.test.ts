@@ -10,7 +10,6 @@ import { ApiClient } from './support/api.ts';
 import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
-import { loadSigningKeys } from '../src/oidc/keys.ts';
 import { TokenRevocations } from '../src/oidc/revocations.ts';
 import { AccessTokenVerifier } from '../src/documents/token.ts';
 import { createLogger } from '../src/observability/logger.ts';
@@ -125,8 +124,8 @@ describe('rejected tokens answer 401 invalid_token', () => {
   });
 
   beforeAll(async () => {
-    const jwks = await loadSigningKeys(server.services.connection, { supplied: undefined, mayGenerate: false });
-    signingKey = jwks.keys.find((k) => k.alg === 'ES256') as JWK;
+    const jwks = await server.services.keyRing!.privateJwks();
+    signingKey = jwks!.keys.find((k) => k.alg === 'ES256' && !k.key_ops) as JWK;
   });
 
   async function forge(payload: Record<string, unknown>, header: Record<string, unknown> = {}, expiresIn: string | number = '5m') {

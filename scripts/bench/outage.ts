@@ -18,7 +18,7 @@ import path from 'node:path';
 import { loadConfig } from '../../src/config.ts';
 import { freePort, projectRoot, startEphemeralMongo, startEphemeralRedis } from '../../src/local/services.ts';
 import { createLogger } from '../../src/observability/logger.ts';
-import { storeNewJwks } from '../../src/oidc/keys.ts';
+import { keyRingFor } from '../../src/oidc/keys.ts';
 import { openServices } from '../../src/services.ts';
 
 const outageSeconds = Number(process.env.BENCH_OUTAGE_SECONDS ?? 30);
@@ -47,7 +47,7 @@ const basic = (id: string, secret: string) => `Basic ${Buffer.from(`${id}:${secr
 const form = { 'content-type': 'application/x-www-form-urlencoded' };
 
 const seed = await openServices(loadConfig(env), createLogger('error', 2));
-await storeNewJwks(seed.connection);
+await keyRingFor(seed.connection, seed.config).generate();
 const service = await seed.clients.create({ name: 'outage service', grantTypes: ['client_credentials'], scope: 'openid' });
 const documents = await seed.clients.create({ name: 'outage documents', grantTypes: ['client_credentials'], scope: 'documents:read documents:write' });
 const web = await seed.clients.create({ name: 'outage web', redirectUris: ['http://127.0.0.1:9/cb'], grantTypes: ['authorization_code'], scope: 'openid' });

@@ -1,6 +1,6 @@
 /**
- * Discovery and JWKS are the same for every request for the life of the process (the issuer,
- * configuration and keys are fixed at start-up), yet oidc-provider rebuilds them each time. This
+ * Discovery is the same for every request for the life of the process (the issuer and
+ * configuration are fixed at start-up), yet oidc-provider rebuilds it each time. This
  * keeps the first successful answer and serves it from memory, and lets clients and caches keep
  * it for a while too.
  *
@@ -26,6 +26,21 @@ export function staticDocuments(issuer: string, paths: readonly string[], maxAge
       ctx.body = cached.body;
     }
     // Public documents: any origin may read them (as oidc-provider's own CORS policy allows).
+    ctx.set('Access-Control-Allow-Origin', '*');
+    ctx.set('Cache-Control', `public, max-age=${maxAgeSeconds}`);
+  };
+}
+
+/**
+ * The public JWKS, from the keys in use now (src/oidc/key-refresh.ts): next, active and retiring
+ * keys, without private members or key_ops. `maxAgeSeconds` is the promise that rotation keeps
+ * (a key signs only after being published longer than this).
+ */
+export function publishedKeys(jwks: () => { keys: unknown[] }, maxAgeSeconds: number): Middleware {
+  return async (ctx, next) => {
+    if ((ctx.method !== 'GET' && ctx.method !== 'HEAD') || ctx.path !== '/jwks') return next();
+    ctx.type = 'application/jwk-set+json; charset=utf-8';
+    ctx.body = JSON.stringify(jwks());
     ctx.set('Access-Control-Allow-Origin', '*');
     ctx.set('Cache-Control', `public, max-age=${maxAgeSeconds}`);
   };
