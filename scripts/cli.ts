@@ -45,7 +45,7 @@ function takeOperator(argv: string[]): { operator: Operator; rest: string[] } {
  * `audit tail --actor operator:NAME` finds it; `ip` says it came from the CLI.
  */
 export async function recordChange(
-  services: Services, operator: Operator, action: string, target: string | null, details?: AuditEvent['details'],
+  services: Pick<Services, 'audit'>, operator: Operator, action: string, target: string | null, details?: AuditEvent['details'],
 ): Promise<void> {
   await services.audit.record({
     actor: { sub: `operator:${operator}`, clientId: null }, action, target, outcome: 'success', ip: 'cli', requestId: null,

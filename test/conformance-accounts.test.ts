@@ -205,8 +205,14 @@ describe('password policy', () => {
     expect((await user('set-password', email, '--password', 'aaaaaaaaaaaa', '--allow-weak-password')).code).toBe(0);
     expect(await server.services.accounts.authenticate(email, 'aaaaaaaaaaaa')).toBe(account.id);
 
-    const events = (await server.services.audit.tail({ limit: 50 })).filter((e) => e.target === account.id);
+    const events = (await server.services.audit.tail({ limit: 50, action: 'account.password.weak-allowed.' })).filter((e) => e.target === account.id);
     expect(events.map((e) => e.action)).toEqual(['account.password.weak-allowed.create', 'account.password.weak-allowed.set-password']);
+    // Each change is on record too, under the operator who ran the CLI.
+    const changes = (await server.services.audit.tail({ limit: 50, action: 'account.' })).filter((e) => e.target === account.id);
+    expect(changes.map((e) => e.action)).toEqual([
+      'account.create', 'account.password.weak-allowed.create', 'account.password.set', 'account.password.weak-allowed.set-password',
+    ]);
+    expect(changes.every((e) => e.actor.sub?.startsWith('operator:'))).toBe(true);
   });
 });
 

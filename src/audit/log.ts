@@ -111,13 +111,25 @@ export class AuditLog {
 
   /** The latest `limit` events matching the filter, oldest first (like `tail`). */
   async tail(filter: TailFilter): Promise<AuditEvent[]> {
-    const query: Record<string, unknown> = {};
-    if (filter.actor !== undefined) query['actor.sub'] = filter.actor;
-    if (filter.action !== undefined) {
-      query.action = filter.action.endsWith('.') ? { $regex: `^${filter.action.replaceAll('.', '\\.')}` } : filter.action;
-    }
-    if (filter.since !== undefined) query.at = { $gte: filter.since };
-    const latest = await this.events.find(query).sort({ _id: -1 }).limit(filter.limit).toArray();
+    const latest = await this.events.find(query(filter)).sort({ _id: -1 }).limit(filter.limit).toArray();
     return latest.reverse();
   }
+
+  /** Up to `limit` events matching the filter after the event `after` (by id), oldest first. */
+  async page(filter: TailFilter & { until?: Date | undefined; after?: string | undefined }): Promise<AuditEvent[]> {
+    const q = query(filter);
+    if (filter.until !== undefined) q.at = { ...(q.at as object | undefined), $lt: filter.until };
+    if (filter.after !== undefined) q._id = { $gt: filter.after };
+    return this.events.find(q).sort({ _id: 1 }).limit(filter.limit).toArray();
+  }
+}
+
+function query(filter: TailFilter): Record<string, unknown> {
+  const q: Record<string, unknown> = {};
+  if (filter.actor !== undefined) q['actor.sub'] = filter.actor;
+  if (filter.action !== undefined) {
+    q.action = filter.action.endsWith('.') ? { $regex: `^${filter.action.replaceAll('.', '\\.')}` } : filter.action;
+  }
+  if (filter.since !== undefined) q.at = { $gte: filter.since };
+  return q;
 }

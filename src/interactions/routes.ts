@@ -26,6 +26,7 @@ import type { Config } from '../config.ts';
 import type { MfaService } from '../accounts/mfa.ts';
 import type { MfaChallenges } from './mfa-challenges.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import type { SignInMethod, SignInRecorder } from '../audit/sign-ins.ts';
 import { RateLimitedError, type RateLimits } from '../security/rate-limit.ts';
 import { firstConsent } from './first-consent.ts';
 import { secondStep } from './second-step.ts';
@@ -34,7 +35,7 @@ import { secondStep } from './second-step.ts';
 export const LOGIN_FAILED = 'The email or password is incorrect.';
 
 /** The metrics' name for what finished a sign-in, from its RFC 8176 amr. */
-function signInMethod(amr: readonly string[] | undefined): string {
+function signInMethod(amr: readonly string[] | undefined): SignInMethod {
   if (amr?.includes('otp')) return 'totp';
   return amr?.includes('mfa') ? 'recovery_code' : 'password';
 }
@@ -63,12 +64,14 @@ export interface InteractionDeps {
   mfa: MfaService;
   challenges: MfaChallenges;
   metrics: Metrics;
+  /** Counts and audits every sign-in attempt. */
+  signIns: SignInRecorder;
 }
 
 type ConsentDetails = { missingOIDCScope?: string[]; missingOIDCClaims?: string[]; missingResourceScopes?: Record<string, string[]> };
 
 export function interactionRoutes(deps: InteractionDeps): Router {
-  const { provider, accounts, logger, config, rateLimits, lockout, metrics } = deps;
+  const { provider, accounts, logger, config, rateLimits, lockout, metrics, signIns } = deps;
   const router = new Router({ prefix: '/interaction' });
 
   // Small limits: a login form is well under 1 kB, and large bodies are refused (413) before
@@ -113,7 +116,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
    * this interaction when that is plain (first-consent.ts), or hands the login to oidc-provider.
    */
   async function finishLogin(ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>): Promise<void> {
-    metrics.signIns.inc({ outcome: 'success', method: signInMethod(login.amr) });
+    await signIns.succeeded(ctx, { clientId: interaction.params.client_id, accountId: login.accountId, method: signInMethod(login.amr) });
     const decision = await first.decide(interaction, login.accountId);
     if (!decision || 'known' in decision) return finish(ctx, interaction, { login, ...(decision ? { [KNOWN_GRANT]: decision.known } : {}) });
     const client = await provider.Client.find(String(interaction.params.client_id));
@@ -223,7 +226,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
     const refusal = await signInRefusal(ctx.ip, email);
     if (refusal) {
       logger.info({ uid, retryAfter: refusal.retryAfterSeconds }, 'sign-in refused: too many attempts');
-      metrics.signIns.inc({ outcome: 'refused', method: 'password' });
+      await signIns.refused(ctx, { clientId: params.client_id, step: 'password', email });
       ctx.status = 429;
       ctx.set('Retry-After', String(refusal.retryAfterSeconds));
       return renderLogin(ctx, uid, params.client_id, refusal.message, form.success ? form.data.email : '');
@@ -237,7 +240,7 @@ export function interactionRoutes(deps: InteractionDeps): Router {
       // answers take the same work (and time).
       const lockSeconds = email === undefined ? 0 : await lockout.recordFailure(email);
       logger.info({ uid, reason: form.success ? 'bad_credentials' : 'malformed_form', lockSeconds }, 'sign-in failed');
-      metrics.signIns.inc({ outcome: 'failure', method: 'password' });
+      await signIns.failed(ctx, { clientId: params.client_id, step: 'password', email, reason: form.success ? 'invalid_credentials' : 'malformed_form' });
       if (lockSeconds > 0) metrics.lockouts.inc({ step: 'password' });
       ctx.status = 401;
       return renderLogin(ctx, uid, params.client_id, LOGIN_FAILED, form.success ? form.data.email : '');

@@ -13,6 +13,7 @@ import { MfaError, type MfaService } from '../accounts/mfa.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { Metrics } from '../observability/metrics.ts';
+import type { SignInRecorder } from '../audit/sign-ins.ts';
 import { ACR_MFA, reportedAcr } from '../oidc/acr.ts';
 import { waitBeforeGuess, type Lockout } from '../security/lockout.ts';
 import { tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
@@ -39,11 +40,12 @@ export interface SecondStepDeps {
   lockout: Lockout;
   logger: Logger;
   metrics: Metrics;
+  signIns: SignInRecorder;
   /** Ends the login (and, when it is plain, asks the first consent on the same interaction). */
   finishLogin: (ctx: Context, interaction: Interaction, login: NonNullable<InteractionResults['login']>) => Promise<void>;
 }
 
-export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, metrics, finishLogin }: SecondStepDeps) {
+export function secondStep({ provider, store, accounts, mfa, challenges, rateLimits, lockout, logger, metrics, signIns, finishLogin }: SecondStepDeps) {
   async function clientName(clientId: unknown): Promise<string | undefined> {
     return typeof clientId === 'string' ? (await provider.Client.find(clientId))?.clientName : undefined;
   }
@@ -72,16 +74,16 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
   const waitBeforeCode = (accountId: string) => waitBeforeGuess(lockout, rateLimits, `mfa:${accountId}`, 'mfaPerAccount', accountId);
 
   /** A refusal for too many codes: status and Retry-After set; returns the text for the page. */
-  function tooManyAttempts(ctx: Context, wait: number): string {
-    metrics.signIns.inc({ outcome: 'refused', method: 'second_step' });
+  async function tooManyAttempts(ctx: Context, interaction: Interaction, accountId: string, wait: number): Promise<string> {
+    await signIns.refused(ctx, { clientId: interaction.params.client_id, accountId, step: 'second_step' });
     ctx.status = 429;
     ctx.set('Retry-After', String(wait));
     return `Too many attempts. ${tryAgainIn(wait)}`;
   }
 
-  async function recordCode(accountId: string, right: boolean): Promise<void> {
+  async function recordCode(ctx: Context, interaction: Interaction, accountId: string, right: boolean): Promise<void> {
     if (!right) {
-      metrics.signIns.inc({ outcome: 'failure', method: 'second_step' });
+      await signIns.failed(ctx, { clientId: interaction.params.client_id, accountId, step: 'second_step', reason: 'invalid_code' });
       if ((await lockout.recordFailure(`mfa:${accountId}`)) > 0) metrics.lockouts.inc({ step: 'second_step' });
       return;
     }
@@ -122,10 +124,10 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         const { interaction, accountId } = await pendingStep(ctx, 'verify');
         const { uid, params } = interaction;
         const wait = await waitBeforeCode(accountId);
-        if (wait) return renderCode(ctx, uid, params.client_id, tooManyAttempts(ctx, wait));
+        if (wait) return renderCode(ctx, uid, params.client_id, await tooManyAttempts(ctx, interaction, accountId, wait));
         const form = codeForm.safeParse(ctx.request.body);
         const factor = form.success ? await mfa.verifySignIn(accountId, form.data.code) : undefined;
-        await recordCode(accountId, factor !== undefined);
+        await recordCode(ctx, interaction, accountId, factor !== undefined);
         if (!factor) {
           logger.info({ uid, accountId }, 'second step failed');
           ctx.status = 401;
@@ -142,23 +144,23 @@ export function secondStep({ provider, store, accounts, mfa, challenges, rateLim
         const { interaction, accountId } = await pendingStep(ctx, 'enrol');
         const { uid, params } = interaction;
         const wait = await waitBeforeCode(accountId);
-        if (wait) return renderSetup(ctx, uid, accountId, params.client_id, tooManyAttempts(ctx, wait));
+        if (wait) return renderSetup(ctx, uid, accountId, params.client_id, await tooManyAttempts(ctx, interaction, accountId, wait));
         const form = codeForm.safeParse(ctx.request.body);
         let codes: string[];
         try {
           codes = await mfa.confirmEnrolment(accountId, form.success ? form.data.code : '');
         } catch (error) {
           if (!(error instanceof MfaError) || error.code === 'account_not_found') throw error;
-          await recordCode(accountId, false);
+          await recordCode(ctx, interaction, accountId, false);
           ctx.status = 400;
           return renderSetup(ctx, uid, accountId, params.client_id, 'That code did not match. Enter the current code from your app.');
         }
-        await Promise.all([recordCode(accountId, true), challenges.end(uid)]);
+        await Promise.all([recordCode(ctx, interaction, accountId, true), challenges.end(uid)]);
         // Other sessions signed in with the password alone (perhaps someone else's) end now; this
         // browser's stays, since the sign-in resumes with it.
         await store.endOtherSessions(accountId, interaction.session?.cookie ?? '');
         logger.info({ uid, accountId }, 'two-step verification set up during sign-in');
-        metrics.signIns.inc({ outcome: 'success', method: 'totp' });
+        await signIns.succeeded(ctx, { clientId: params.client_id, accountId, method: 'totp' });
         interaction.result = { login: { accountId, amr: ['pwd', 'otp'], acr: reportedAcr(ACR_MFA, params.claims), ts: Math.floor(Date.now() / 1000) } };
         await interaction.save(interaction.exp - Math.floor(Date.now() / 1000));
         // The codes are shown once, here; the link resumes the authorization request.
