@@ -15,6 +15,7 @@
  * over under the next number. Delivery is at least once: a worker that dies after the SMTP server
  * accepted a message but before marking it sent leaves it to be sent again, with the same Message-ID.
  */
+import { startPolling } from '../workers/polling.ts';
 import type { Collection, Connection } from 'mongoose';
 import { ServiceUnavailableError } from '../http/unavailable.ts';
 import { uuidv7 } from '../ids.ts';
@@ -181,18 +182,10 @@ export class Outbox {
   startWorker(): () => Promise<void> {
     if (this.wake) throw new Error('the mail worker is already running');
     const pollMs = Math.min(this.options.retryBaseSeconds, 5) * 1000;
-    let stopped = false;
-    let again = false;
-    let failing = false;
     /** Passes in a row that the SMTP server failed. */
     let unreachable = 0;
-    let timer: NodeJS.Timeout | undefined;
-    let running: Promise<void> | undefined;
-    const schedule = (ms: number) => {
-      timer = setTimeout(run, ms);
-      timer.unref();
-    };
-    const afterPass = ({ full, unreachable: failed }: PassResult): number => {
+    const worker = startPolling('mail worker', this.logger, async ({ stopped, woken }) => {
+      const { full, unreachable: failed } = await this.pass(stopped);
       if (failed) {
         const delayMs = this.retryDelayMs(unreachable);
         // Once per outage: each failed attempt logs its own line too.
@@ -202,39 +195,16 @@ export class Outbox {
       }
       if (unreachable > 0) this.logger.info('mail worker: the SMTP server answers again');
       unreachable = 0;
-      return full || again ? 0 : pollMs;
-    };
-    const run = () => {
-      timer = undefined;
-      again = false;
-      running = this.pass(() => stopped).then((result) => {
-        if (failing) this.logger.info('mail worker: the database answers again');
-        failing = false;
-        return afterPass(result);
-      }, (error: unknown) => {
-        // Once per outage: the worker keeps trying every poll.
-        if (!failing) this.logger.error({ err: error }, 'mail worker: pass failed; retrying');
-        failing = true;
-        return pollMs;
-      }).then((delayMs) => {
-        running = undefined;
-        if (!stopped) schedule(delayMs);
-      });
-    };
-    this.wake = () => {
-      if (running) again = true;
+      return full || woken() ? 0 : pollMs;
+    }, {
+      pollMs,
       // Backing off from the SMTP server: the next pass takes the new message along.
-      else if (!stopped && unreachable === 0) {
-        clearTimeout(timer);
-        schedule(0);
-      }
-    };
-    schedule(0);
+      mayWake: () => unreachable === 0,
+    });
+    this.wake = () => worker.wake();
     return async () => {
-      stopped = true;
       this.wake = undefined;
-      clearTimeout(timer);
-      await running;
+      await worker.stop();
     };
   }
 
