@@ -116,13 +116,13 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
     },
     jsonSchemaDialect: 'https://spec.openapis.org/oas/3.1/dialect/base',
     servers: [{ url: `${issuer}/api/v1` }],
-    security: [{ bearer: [] }],
+    security: [{ bearer: [] }, { dpop: [] }],
     paths: {
       '/documents': {
         get: {
           operationId: 'listDocuments',
           summary: 'Documents the caller owns or that are shared with them (all documents with documents:admin), newest first',
-          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:read'] }],
           parameters: [
             { name: 'limit', in: 'query', description: 'Digits only', schema: { type: 'integer', minimum: LIMITS.pageSize.min, maximum: LIMITS.pageSize.max, default: LIMITS.pageSize.default } },
             { name: 'cursor', in: 'query', description: 'nextCursor from the previous page (opaque)', schema: { type: 'string', maxLength: 64 } },
@@ -139,7 +139,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           summary: 'Create a document owned by the caller',
           description: 'Send an Idempotency-Key to make retrying safe: a retry with the same key and content (by the same '
             + 'caller) creates nothing new and answers as the first request did, even when that answer was lost.',
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           parameters: [{ $ref: '#/components/parameters/IdempotencyKey' }],
           requestBody: { required: true, content: json(ref('DocumentCreate')) },
           responses: {
@@ -157,7 +157,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         parameters: [{ $ref: '#/components/parameters/DocumentId' }],
         get: {
           operationId: 'getDocument',
-          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:read'] }],
           parameters: [{ name: 'If-None-Match', in: 'header', schema: { type: 'string' } }],
           responses: {
             200: { description: 'The document', headers: { ETag: headers.ETag }, content: json(ref('Document')) },
@@ -171,7 +171,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
           description: 'With If-Match, applied only to that version (412 otherwise). Without it, applied to the current '
             + 'version, waiting for concurrent changes to finish: the last writer wins, and 409 is answered only when the '
             + 'document stays busy for seconds.',
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           parameters: [{ $ref: '#/components/parameters/IfMatch' }],
           requestBody: { required: true, content: json(ref('DocumentPatch')) },
           responses: {
@@ -182,7 +182,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         delete: {
           operationId: 'deleteDocument',
           summary: 'Delete the document and its file (owner or admin)',
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           parameters: [{ $ref: '#/components/parameters/IfMatch' }],
           responses: { 204: { description: 'Deleted' }, ...problems(400, ...AUTHED, 404, 409, 412) },
         },
@@ -192,7 +192,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         put: {
           operationId: 'putDocumentFile',
           summary: `Store or replace the document's file (at most ${config.documents.maxFileBytes} bytes)`,
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           parameters: [
             { $ref: '#/components/parameters/IfMatch' },
             {
@@ -212,7 +212,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         get: {
           operationId: 'getDocumentFile',
           summary: 'Download the file, always as an attachment',
-          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:read'] }],
           responses: {
             200: {
               description: 'The file bytes with their stored Content-Type',
@@ -232,14 +232,14 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         get: {
           operationId: 'listShares',
           summary: 'Who the document is shared with (owner or admin)',
-          security: [{ bearer: [] }, { oauth2: ['documents:read'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:read'] }],
           responses: { 200: { description: 'The shares', content: json(ref('ShareList')) }, ...problems(400, ...AUTHED, 404) },
         },
         post: {
           operationId: 'addShare',
           summary: 'Share with an account by email, or change its role (owner or admin). The answer is the same whether or '
             + 'not the email has an account; a share for an email without one takes effect when the account is created.',
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           requestBody: { required: true, content: json(ref('ShareCreate')) },
           responses: {
             201: { description: 'A new share', headers: { Location: headers.Location }, content: json(ref('Share')) },
@@ -255,7 +255,7 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
         ],
         delete: {
           operationId: 'removeShare',
-          security: [{ bearer: [] }, { oauth2: ['documents:write'] }],
+          security: [{ bearer: [] }, { dpop: [] }, { oauth2: ['documents:write'] }],
           responses: { 204: { description: 'No longer shared' }, ...problems(400, ...AUTHED, 404, 409) },
         },
       },
@@ -263,6 +263,8 @@ export function buildOpenApi(config: Config): Record<string, unknown> {
     components: {
       securitySchemes: {
         bearer: { type: 'http', scheme: 'bearer', bearerFormat: 'JWT (RFC 9068, typ at+jwt)' },
+        // RFC 9449: a token bound to the client's key (cnf.jkt), sent with a DPoP proof header.
+        dpop: { type: 'http', scheme: 'DPoP', description: 'A JWT access token (RFC 9068) bound to the client key by cnf.jkt, with a DPoP proof header' },
         oauth2: {
           type: 'oauth2',
           flows: {

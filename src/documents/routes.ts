@@ -25,6 +25,7 @@ import {
 } from './schema.ts';
 import type { DocumentService, RequestInfo, Visible } from './service.ts';
 import { bearer, requireScope, type AccessTokenVerifier, type Caller } from './token.ts';
+import { DPOP_ALGORITHMS } from './dpop.ts';
 
 export interface DocumentsApiDeps {
   documents: DocumentService;
@@ -282,7 +283,7 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     cors({
       origins: config.documents.corsOrigins,
       methods: ['GET', 'POST', 'PATCH', 'PUT', 'DELETE'],
-      allowHeaders: ['Authorization', 'Content-Type', 'If-Match', 'If-None-Match', 'Idempotency-Key'],
+      allowHeaders: ['Authorization', 'DPoP', 'Content-Type', 'If-Match', 'If-None-Match', 'Idempotency-Key'],
       exposeHeaders: ['ETag', 'Location', 'WWW-Authenticate', 'X-Request-Id', 'Content-Disposition', 'Repr-Digest', 'Allow', 'Retry-After'],
       maxAgeSeconds: 600,
     }),
@@ -306,6 +307,9 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
     authorization_servers: [config.issuer],
     scopes_supported: ['documents:read', 'documents:write', 'documents:admin'],
     bearer_methods_supported: ['header'],
+    // RFC 9449 section 7: DPoP-bound tokens are accepted (with their proofs), bearer tokens too.
+    dpop_signing_alg_values_supported: DPOP_ALGORITHMS,
+    dpop_bound_access_tokens_required: false,
     resource_documentation: `${config.issuer}/api/openapi.json`,
   });
 

@@ -1,6 +1,6 @@
 /**
  * Access-token verification for the documents API (RFC 9068 JWT access tokens, RFC 6750 bearer
- * usage). Tokens are checked locally against the provider's public keys, fetched from its JWKS
+ * usage, RFC 9449 DPoP-bound tokens: see dpop.ts). Tokens are checked locally against the provider's public keys, fetched from its JWKS
  * endpoint and cached: the provider is contacted again only when the cache is old (10 minutes) or
  * a token names a key id the cache does not have (at most once every 30 seconds), never per request.
  */
@@ -8,6 +8,7 @@ import { createRemoteJWKSet, customFetch, errors as joseErrors, jwtVerify, type 
 import type { Middleware } from 'koa';
 import type { Logger } from '../observability/logger.ts';
 import type { TokenRevocations } from '../oidc/revocations.ts';
+import { DPOP_CHALLENGE, invalidDpopToken, type DpopVerifier } from './dpop.ts';
 import { ApiProblem } from './problem.ts';
 
 /** Asymmetric algorithms the provider signs with. HS* and "none" can never verify. */
@@ -21,10 +22,17 @@ export interface Caller {
   sub: string;
   clientId: string;
   scopes: ReadonlySet<string>;
+  /** How the request presented the token, so that a later refusal challenges in the same scheme. */
+  scheme?: 'Bearer' | 'DPoP';
 }
 
-interface VerifiedToken {
+/** A verified token: who it speaks for, and the key it is bound to (RFC 9449 cnf.jkt), if any. */
+export interface VerifiedAccess {
   caller: Caller;
+  jkt: string | undefined;
+}
+
+interface VerifiedToken extends VerifiedAccess {
   iat: number;
   /** When the cached verification stops being used (ms): the token's exp at the latest. */
   expiresAt: number;
@@ -43,6 +51,8 @@ export interface VerifierOptions {
   jwksUri: string;
   revocations: TokenRevocations;
   logger: Logger;
+  /** Checks the proofs of DPoP-bound tokens; without it such tokens are refused. */
+  dpop?: DpopVerifier | undefined;
 }
 
 export class AccessTokenVerifier {
@@ -51,9 +61,12 @@ export class AccessTokenVerifier {
   private readonly verified = new Map<string, VerifiedToken>();
   /** How many times the key set was fetched from the provider (an observable cost). */
   keySetFetches = 0;
+  /** Proof verification for DPoP-bound tokens (dpop.ts), when configured. */
+  readonly dpop: DpopVerifier | undefined;
 
   constructor(options: VerifierOptions) {
     this.options = options;
+    this.dpop = options.dpop;
     this.keySet = createRemoteJWKSet(new URL(options.jwksUri), {
       cacheMaxAge: 10 * 60_000,
       cooldownDuration: 30_000,
@@ -68,6 +81,11 @@ export class AccessTokenVerifier {
 
   /** The caller a token speaks for, or an invalid-token problem saying (briefly) why not. */
   async verify(token: string): Promise<Caller> {
+    return (await this.authenticate(token)).caller;
+  }
+
+  /** The same, with the key the token is bound to. */
+  async authenticate(token: string): Promise<VerifiedAccess> {
     const now = Date.now();
     let entry = this.verified.get(token);
     if (entry && entry.expiresAt <= now) this.verified.delete(token);
@@ -76,7 +94,7 @@ export class AccessTokenVerifier {
     if (this.options.revocations.isRevoked(entry.caller.kind === 'user' ? entry.caller.sub : undefined, entry.caller.clientId, entry.iat)) {
       throw invalidToken('the token has been revoked');
     }
-    return entry.caller;
+    return { caller: entry.caller, jkt: entry.jkt };
   }
 
   /**
@@ -101,9 +119,14 @@ export class AccessTokenVerifier {
       this.options.logger.error({ err: error, jwksUri: this.options.jwksUri }, 'verifying an access token failed: the key set is unavailable');
       throw new ApiProblem('server-error', 503, 'Access tokens cannot be verified right now. Try again shortly.', { headers: { 'Retry-After': '5' } });
     }
-    const { sub, client_id: clientId, scope } = payload;
+    const { sub, client_id: clientId, scope, cnf } = payload;
     if (typeof sub !== 'string' || typeof clientId !== 'string' || (scope !== undefined && typeof scope !== 'string')) {
       throw invalidToken('the token claims are malformed');
+    }
+    const jkt = (cnf as { jkt?: unknown } | undefined)?.jkt;
+    if (cnf !== undefined && (typeof cnf !== 'object' || cnf === null || typeof jkt !== 'string')) {
+      // A confirmation this API cannot check (mTLS x5t#S256, ...) is never ignored.
+      throw invalidToken('the token is bound to a key in a way this API does not support');
     }
     const entry: VerifiedToken = {
       caller: {
@@ -113,6 +136,7 @@ export class AccessTokenVerifier {
         clientId,
         scopes: new Set((scope ?? '').split(' ').filter(Boolean)),
       },
+      jkt: jkt as string | undefined,
       iat: payload.iat!,
       expiresAt: Math.min(payload.exp! * 1000, now + MAX_CACHE_MS),
     };
@@ -145,24 +169,36 @@ function describe(error: unknown): string | undefined {
 
 const REALM = 'Bearer realm="documents"';
 
-export function invalidToken(reason: string): ApiProblem {
-  return new ApiProblem('invalid-token', 401, `The access token was rejected: ${reason}.`, {
-    headers: { 'WWW-Authenticate': `${REALM}, error="invalid_token", error_description="${reason}"` },
-  });
+/** An invalid token, with the reason, so that a DPoP request can be answered in its own scheme. */
+class TokenRejected extends ApiProblem {
+  readonly reason: string;
+  constructor(reason: string) {
+    super('invalid-token', 401, `The access token was rejected: ${reason}.`, {
+      headers: { 'WWW-Authenticate': `${REALM}, error="invalid_token", error_description="${reason}"` },
+    });
+    this.reason = reason;
+  }
 }
 
-export function insufficientScope(scope: string): ApiProblem {
+export function invalidToken(reason: string): ApiProblem {
+  return new TokenRejected(reason);
+}
+
+export function insufficientScope(scope: string, scheme: Caller['scheme'] = 'Bearer'): ApiProblem {
   return new ApiProblem('insufficient-scope', 403, `This request needs the "${scope}" scope.`, {
-    headers: { 'WWW-Authenticate': `${REALM}, error="insufficient_scope", scope="${scope}"` },
+    headers: { 'WWW-Authenticate': `${scheme === 'DPoP' ? DPOP_CHALLENGE : REALM}, error="insufficient_scope", scope="${scope}"` },
   });
 }
 
 // RFC 9110: the scheme name is case-insensitive.
-const BEARER = /^Bearer +([A-Za-z0-9\-._~+/]+=*)$/i;
+const CREDENTIALS = /^(Bearer|DPoP) +([A-Za-z0-9\-._~+/]+=*)$/i;
 
 /**
  * Authenticates the request from its Authorization header and puts the caller on
  * `ctx.state.caller`. Tokens in the query string or body are not accepted (they end up in logs).
+ * A DPoP-bound token is accepted only with the DPoP scheme and a valid proof, never as a bearer
+ * token (RFC 9449 section 7.2); a DPoP proof sent along with a token that is not bound is
+ * ignored, as it binds nothing.
  */
 export function bearer(verifier: AccessTokenVerifier): Middleware {
   return async (ctx, next) => {
@@ -173,19 +209,32 @@ export function bearer(verifier: AccessTokenVerifier): Middleware {
         headers: { 'WWW-Authenticate': REALM },
       });
     }
-    const match = BEARER.exec(header);
+    const match = CREDENTIALS.exec(header);
     if (!match) {
+      if (/^DPoP\b/i.test(header)) throw invalidDpopToken('the Authorization header is malformed');
       // Another scheme (Basic, ...) is not a bad token: RFC 6750 3.1 gives the challenge alone.
       if (!/^Bearer\b/i.test(header)) {
         throw new ApiProblem('invalid-token', 401, 'This API takes bearer access tokens only.', { headers: { 'WWW-Authenticate': REALM } });
       }
       throw invalidToken('the Authorization header is malformed');
     }
-    ctx.state.caller = await verifier.verify(match[1]!);
+    const scheme = match[1]!.toLowerCase() === 'dpop' ? 'DPoP' : 'Bearer';
+    const token = match[2]!;
+    const { caller, jkt } = await verifier.authenticate(token).catch((error: unknown) => {
+      throw scheme === 'DPoP' && error instanceof TokenRejected ? invalidDpopToken(error.reason) : error;
+    });
+    if (scheme === 'DPoP') {
+      if (!jkt) throw invalidDpopToken('the token is not DPoP-bound, send it with the Bearer scheme');
+      if (!verifier.dpop) throw invalidDpopToken('DPoP-bound tokens are not accepted here');
+      await verifier.dpop.verify({ proof: ctx.headers.dpop, method: ctx.method, path: ctx.path, accessToken: token, jkt });
+    } else if (jkt) {
+      throw invalidDpopToken('the token is DPoP-bound, send it with the DPoP scheme and a proof');
+    }
+    ctx.state.caller = scheme === 'DPoP' ? { ...caller, scheme } : caller;
     await next();
   };
 }
 
 export function requireScope(caller: Caller, scope: string): void {
-  if (!caller.scopes.has(scope)) throw insufficientScope(scope);
+  if (!caller.scopes.has(scope)) throw insufficientScope(scope, caller.scheme);
 }

@@ -16,11 +16,13 @@ export interface ClientPolicyMetadata {
   id_token_claims?: 'full' | 'minimal';
   /** Audiences (resource indicators) whose tokens this client may introspect as a resource server. */
   introspect_for?: string[];
+  /** Set by dynamic registration (RFC 7591): the client registered itself (src/oidc/registration.ts). */
+  registered_dynamically?: boolean;
 }
 
 export const ID_TOKEN_CLAIMS = ['full', 'minimal'] as const;
 
-const booleans = ['require_mfa', 'pkce_required', 'first_party'] as const;
+const booleans = ['require_mfa', 'pkce_required', 'first_party', 'registered_dynamically'] as const;
 
 export const extraClientMetadata: NonNullable<Configuration['extraClientMetadata']> = {
   properties: [...booleans, 'id_token_claims', 'introspect_for'],
@@ -44,6 +46,7 @@ export interface ClientPolicy {
   firstParty: boolean;
   idTokenClaims: 'full' | 'minimal';
   introspectFor: readonly string[];
+  registeredDynamically: boolean;
 }
 
 /**
@@ -57,5 +60,6 @@ export function clientPolicy(client: Client | undefined): ClientPolicy {
     firstParty: metadata.first_party === true,
     idTokenClaims: metadata.id_token_claims ?? 'full',
     introspectFor: metadata.introspect_for ?? [],
+    registeredDynamically: metadata.registered_dynamically === true,
   };
 }
