@@ -19,7 +19,7 @@
  */
 import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Collection, Connection } from 'mongoose';
-import { generateSecret, generateURI, verify } from 'otplib';
+import { generate, generateSecret, generateURI, verify } from 'otplib';
 import QRCode from 'qrcode';
 import { AppError } from '../http/errors.ts';
 import { accountModel, type AccountMfa, type AccountModel } from './model.ts';
@@ -101,6 +101,22 @@ interface UsedMarker {
   expiresAt: Date | null;
 }
 
+/**
+ * A TOTP secret brought by `user import` (base32, any case, spaces and padding ignored), as stored,
+ * or why it is refused: it must decode cleanly to at least 128 bits (RFC 4226's minimum, which
+ * otplib enforces), so that sign-in can use it.
+ */
+export async function checkTotpSecret(input: string): Promise<{ secret: string } | { problem: string }> {
+  const secret = input.replace(/[\s=]/g, '').toUpperCase();
+  if (!/^[A-Z2-7]{26,128}$/.test(secret)) return { problem: 'totp_secret must be base32 of at least 128 bits (26 characters)' };
+  try {
+    await generate({ secret });
+    return { secret };
+  } catch {
+    return { problem: 'totp_secret is not valid base32 of at least 128 bits' };
+  }
+}
+
 function isDuplicateKey(error: unknown): boolean {
   return typeof error === 'object' && error !== null && (error as { code?: unknown }).code === DUPLICATE_KEY;
 }
@@ -129,6 +145,8 @@ function normalizeRecoveryCode(code: string): string {
 export class MfaService {
   private readonly accounts: AccountModel;
   private readonly used: Collection<UsedMarker>;
+  /** Sign-ins waiting for a second step (src/interactions/mfa-challenges.ts), ended by a reset. */
+  private readonly challenges: Collection<{ _id: string; accountId: string }>;
   private readonly passwords: Pick<AccountService, 'authenticate'>;
   private readonly issuer: string;
   private readonly now: () => number;
@@ -139,6 +157,7 @@ export class MfaService {
     if (options.issuer.includes(':')) throw new Error(`MFA issuer label must not contain ':' (got "${options.issuer}")`);
     this.accounts = accountModel(connection);
     this.used = connection.collection<UsedMarker>('mfa_used');
+    this.challenges = connection.collection('mfa_challenges');
     this.passwords = passwords;
     this.issuer = options.issuer;
     this.now = options.now ?? Date.now;
@@ -272,6 +291,27 @@ export class MfaService {
       { timestamps: false },
     );
     await this.retireRecoveryMarkers(accountId);
+  }
+
+  /**
+   * An administrator's reset (`user reset-mfa`, for a lost phone): two-step verification off, its
+   * secret, recovery codes and any enrolment in progress gone, and the sign-ins waiting for a
+   * second step of this account ended. Returns whether it was on. On FerretDB the challenges are
+   * found by a scan: they are few and short-lived.
+   */
+  async reset(accountId: string): Promise<boolean> {
+    const record = await this.accounts.findById(accountId, { mfa: 1 }).lean();
+    if (!record) throw new MfaError('account_not_found');
+    await this.accounts.updateOne({ _id: accountId }, { $unset: { mfa: 1, mfaPending: 1 } }, { timestamps: false });
+    await this.retireRecoveryMarkers(accountId);
+    await this.challenges.deleteMany({ accountId });
+    return Boolean(record.mfa);
+  }
+
+  /** Everything two-step verification keeps for an account that is being erased (erase.ts). */
+  async erase(accountId: string): Promise<void> {
+    await this.accounts.updateOne({ _id: accountId }, { $unset: { mfa: 1, mfaPending: 1 } }, { timestamps: false });
+    await Promise.all([this.used.deleteMany({ accountId }), this.challenges.deleteMany({ accountId })]);
   }
 
   /** True when `code` is valid for the current or previous step and that step was not used yet. */

@@ -21,17 +21,45 @@ export interface PendingMfa {
   expiresAt: Date;
 }
 
+/**
+ * A password hash brought over by `user import` (imported-hashes.ts), as the import line gave it:
+ * verified at the first sign-in and then replaced by an argon2id `passwordHash`.
+ */
+export interface ImportedPassword {
+  format: 'argon2' | 'bcrypt' | 'django' | 'pbkdf2';
+  hash: string;
+  /** pbkdf2 only: pbkdf2-sha256, pbkdf2-sha512, pbkdf2-sha1 or pbkdf2 (SHA-1), base64 salt. */
+  algorithm?: string;
+  iterations?: number;
+  salt?: string;
+}
+
+/** What the last `user import` set, so a later one can tell the user's own changes from its own. */
+export interface ImportMark {
+  at: Date;
+  /** SHA-256 (hex) of the TOTP secret it set; not the secret. */
+  totp?: string;
+}
+
 /** The profile claims (profile.ts) are stored under their claim names, validated, absent when unset. */
 export interface AccountRecord extends Profile {
   _id: string;
   /** Stored normalised (trimmed, lower-case); the unique index makes it case-insensitive. */
   email: string;
-  passwordHash: string;
+  /**
+   * argon2id. Absent on an imported account until its first sign-in (importedPassword then), or
+   * imported without a password (it signs in after a password reset).
+   */
+  passwordHash?: string;
+  importedPassword?: ImportedPassword;
+  imported?: ImportMark;
   emailVerified: boolean;
   roles: string[];
   disabled: boolean;
   mfa?: AccountMfa;
   mfaPending?: PendingMfa;
+  /** Set (with disabled) when `user delete` starts; the record itself goes last (erase.ts). */
+  deletingAt?: Date;
   createdAt: Date;
   updatedAt: Date;
 }
@@ -54,17 +82,36 @@ const pendingMfaSchema = new Schema<PendingMfa>(
   { _id: false, strict: 'throw' },
 );
 
+const importedPasswordSchema = new Schema<ImportedPassword>(
+  {
+    format: { type: String, required: true, enum: ['argon2', 'bcrypt', 'django', 'pbkdf2'] },
+    hash: { type: String, required: true },
+    algorithm: { type: String },
+    iterations: { type: Number },
+    salt: { type: String },
+  },
+  { _id: false, strict: 'throw' },
+);
+
+const importMarkSchema = new Schema<ImportMark>(
+  { at: { type: Date, required: true }, totp: { type: String } },
+  { _id: false, strict: 'throw' },
+);
+
 const accountSchema = new Schema<AccountRecord>(
   {
     _id: { type: String, default: () => randomUUID() },
     email: { type: String, required: true, unique: true },
-    passwordHash: { type: String, required: true },
+    passwordHash: { type: String },
+    importedPassword: { type: importedPasswordSchema, required: false },
+    imported: { type: importMarkSchema, required: false },
     ...Object.fromEntries(PROFILE_FIELDS.map((field) => [field, { type: String, maxlength: MAX_LENGTH[field] }])),
     emailVerified: { type: Boolean, default: false },
     roles: { type: [String], default: [] },
     disabled: { type: Boolean, default: false },
     mfa: { type: mfaSchema, required: false },
     mfaPending: { type: pendingMfaSchema, required: false },
+    deletingAt: { type: Date },
   },
   { timestamps: true, versionKey: false, strict: 'throw' },
 );

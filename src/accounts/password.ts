@@ -50,6 +50,23 @@ export class PasswordHasher {
     }
   }
 
+  /**
+   * Verifies an imported hash (imported-hashes.ts) with `check`, alongside the same argon2id work
+   * as a wrong password, so a failure takes at least as long as one for any other account or an
+   * unknown email. (A hash slower than argon2id, such as bcrypt cost 12, takes longer still, which
+   * tells only that an imported account has not signed in yet; its first sign-in ends that.)
+   */
+  async verifyImported(check: () => Promise<boolean>, password: string): Promise<boolean> {
+    const [valid] = await Promise.all([
+      this.oneOfFew(check).catch((error: unknown) => {
+        if (error instanceof ServiceUnavailableError) throw error;
+        return false;
+      }),
+      this.verify(undefined, password),
+    ]);
+    return valid;
+  }
+
   /** Runs `work` when fewer than AT_ONCE hashes are running; a finished one hands its slot on. */
   private async oneOfFew<T>(work: () => Promise<T>): Promise<T> {
     if (this.running < AT_ONCE) this.running += 1;
@@ -69,8 +86,11 @@ export class PasswordHasher {
     this.running -= 1;
   }
 
-  /** True when a stored hash was made with weaker parameters than today's and should be redone. */
+  /**
+   * True when a stored hash was made with other parameters than today's and should be redone
+   * (argon2's own check compares the parameters only, not the variant).
+   */
   needsRehash(hash: string): boolean {
-    return argon2.needsRehash(hash, this.options);
+    return !hash.startsWith('$argon2id$') || argon2.needsRehash(hash, this.options);
   }
 }

@@ -29,7 +29,7 @@ import { csrf } from '../security/csrf.ts';
 import { passwordHint } from '../security/password-policy.ts';
 import type { Lockout } from '../security/lockout.ts';
 import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
-import { isValidEmail, normalizeEmail, type AccountService } from './service.ts';
+import { isValidEmail, normalizeEmail, sendVerificationLink, type AccountService } from './service.ts';
 import { checkProfile } from './profile.ts';
 import { INTERACTION_UID, type AccountTokens } from './tokens.ts';
 
@@ -271,11 +271,7 @@ export function selfServiceRoutes({ config, provider, accounts, tokens, mailer, 
     const { email } = values;
     const account = await accounts.get(email);
     if (account && !account.email_verified && !account.disabled) {
-      later('resending a verification link', async () => {
-        await tokens.revokeAll('verify-email', account.id);
-        const token = await tokens.issue('verify-email', { accountId: account.id, email: account.email, interaction: values.interaction }, VERIFY_TTL_SECONDS);
-        await mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link: link('/verify-email', token), expiresInHours: 24 } });
-      });
+      later('resending a verification link', () => sendVerificationLink({ tokens, mailer, issuer: config.issuer }, account, values.interaction));
     }
     await message(ctx, 'Check your inbox', [`If ${email} has an account that still needs verifying, a new link is on its way.`]);
   });

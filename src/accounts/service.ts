@@ -1,8 +1,12 @@
+import mongoose from 'mongoose';
 import type { Account, AccountClaims } from 'oidc-provider';
 import { AppError } from '../http/errors.ts';
+import type { Mailer } from '../mail/mailer.ts';
 import { passwordProblems, type PasswordOwner, type PasswordPolicy } from '../security/password-policy.ts';
 import { accountModel, type AccountModel, type AccountRecord } from './model.ts';
 import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
+import { checkStoredPassword } from './imported-hashes.ts';
+import type { AccountTokens } from './tokens.ts';
 import { checkProfile, PROFILE_FIELDS, type Profile, type ProfileChanges, type ProfileField } from './profile.ts';
 import type { Connection } from 'mongoose';
 import { requestMemo } from '../http/request-memo.ts';
@@ -73,7 +77,31 @@ function view(record: AccountRecord): AccountView {
   };
 }
 
-function validRoles(roles: readonly string[]): string[] {
+/** What sends verification mail: the mailed tokens, the outbox and the issuer its links point to. */
+export interface VerificationMail {
+  tokens: AccountTokens;
+  mailer: Mailer;
+  issuer: string;
+}
+
+export const VERIFY_EMAIL_TTL_SECONDS = 24 * 3600;
+
+/**
+ * Mails a new verification link to the account's address; earlier links stop working. The
+ * self-service resend (self-service.ts) sends the same message.
+ */
+export async function sendVerificationLink(mail: VerificationMail, account: AccountView, interaction?: string): Promise<void> {
+  await mail.tokens.revokeAll('verify-email', account.id);
+  const token = await mail.tokens.issue('verify-email', { accountId: account.id, email: account.email, interaction }, VERIFY_EMAIL_TTL_SECONDS);
+  const link = `${mail.issuer}/verify-email?token=${encodeURIComponent(token)}`;
+  await mail.mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link, expiresInHours: VERIFY_EMAIL_TTL_SECONDS / 3600 } });
+}
+
+/** How an account's password is kept, for administrators (never the hash). */
+export type PasswordState = { set: true } | { set: false; imported: string | null };
+
+/** Roles as stored: unique, each matching ROLE; throws invalid_role otherwise. */
+export function validRoles(roles: readonly string[]): string[] {
   const unique = [...new Set(roles)];
   const badRole = unique.find((r) => !ROLE.test(r));
   if (badRole !== undefined) throw new AppError('invalid_role', `role "${badRole}" must match ${ROLE.source}`);
@@ -196,11 +224,61 @@ export class AccountService {
     return this.require(id);
   }
 
+  /**
+   * Gives the account a new address, unverified until the link mailed to it is followed; links
+   * mailed to the old address (verification, password reset) stop working. email_taken (409) when
+   * another account has it; `changed` is false when it is the account's address already.
+   */
+  async changeEmail(idOrEmail: string, newEmail: string, mail: VerificationMail): Promise<{ account: AccountView; changed: boolean }> {
+    const current = await this.require(idOrEmail);
+    const email = normalizeEmail(newEmail);
+    if (!isValidEmail(email)) throw new AppError('invalid_email', 'email is not a valid address');
+    if (email === current.email) return { account: current, changed: false };
+    try {
+      await this.accounts.updateOne({ _id: current.id }, { email, emailVerified: false });
+    } catch (error) {
+      if (isDuplicateKey(error)) throw new AppError('email_taken', 'an account with this email already exists', 409);
+      throw error;
+    }
+    await mail.tokens.revokeAll('reset-password', current.id);
+    const account = await this.require(current.id);
+    await sendVerificationLink(mail, account);
+    return { account, changed: true };
+  }
+
   /** Whether `password` is the account's current password (same argon2 cost either way). */
   async checkPassword(id: string, password: string): Promise<boolean> {
     const record = await this.accounts.findOne({ _id: id, disabled: false }).lean();
-    const valid = await this.hasher.verify(record?.passwordHash, password);
+    const { valid, replacement } = await checkStoredPassword(this.hasher, record, password);
+    if (record && replacement) await this.adoptImported(record._id, replacement);
     return record !== null && valid;
+  }
+
+  /**
+   * An imported hash matched: store its argon2id replacement and drop it. Only while no password
+   * has been set meanwhile (an administrator's or a reset's wins).
+   */
+  private async adoptImported(id: string, passwordHash: string): Promise<void> {
+    await this.accounts.updateOne(
+      { _id: id, passwordHash: mongoose.trusted({ $exists: false }) },
+      { $set: { passwordHash }, $unset: { importedPassword: 1 } },
+      { timestamps: false },
+    );
+  }
+
+  /**
+   * For writes to accounts made outside this class (the user import, transfer.ts): what this
+   * class does after its own, signing the account out everywhere or announcing a proven address.
+   */
+  async changedElsewhere(id: string, what: { signOut?: boolean; verified?: boolean }): Promise<void> {
+    if (what.signOut) await this.endEverything(id);
+    const account = what.verified ? await this.get(id) : undefined;
+    if (account?.email_verified) await this.emailVerified(account);
+  }
+
+  async passwordState(id: string): Promise<PasswordState> {
+    const record = await this.accounts.findById(id, { passwordHash: 1, 'importedPassword.format': 1 }).lean();
+    return record?.passwordHash ? { set: true } : { set: false, imported: record?.importedPassword?.format ?? null };
   }
 
   /** Ends every session of the account and revokes its grants and tokens. */
@@ -230,9 +308,11 @@ export class AccountService {
    */
   async signIn(email: string, password: string): Promise<{ id: string; emailVerified: boolean; mfaEnabled: boolean } | undefined> {
     const record = await this.accounts.findOne({ email: normalizeEmail(email) }).lean();
-    const valid = await this.hasher.verify(record?.passwordHash, password);
+    const { valid, replacement } = await checkStoredPassword(this.hasher, record, password);
     if (!record || !valid || record.disabled) return undefined;
-    if (this.hasher.needsRehash(record.passwordHash)) {
+    // Imported hashes (imported-hashes.ts) are replaced at the first sign-in that proves them.
+    if (replacement) await this.adoptImported(record._id, replacement);
+    else if (this.hasher.needsRehash(record.passwordHash!)) {
       await this.accounts.updateOne({ _id: record._id }, { passwordHash: await this.hasher.hash(password) });
     }
     return { id: record._id, emailVerified: record.emailVerified, mfaEnabled: Boolean(record.mfa) };
@@ -257,7 +337,10 @@ export class AccountService {
 
   async setDisabled(idOrEmail: string, disabled: boolean): Promise<AccountView> {
     const { id } = await this.require(idOrEmail);
-    await this.accounts.updateOne({ _id: id }, { disabled });
+    // An account half erased (erase.ts) stays disabled until `user delete` finishes it.
+    const filter = disabled ? { _id: id } : { _id: id, deletingAt: mongoose.trusted({ $exists: false }) };
+    const { matchedCount } = await this.accounts.updateOne(filter, { disabled });
+    if (matchedCount === 0) throw new AppError('account_deleting', 'the account is being deleted: run `user delete` again to finish', 409);
     // Re-enabling must not bring back what was issued before the account was disabled.
     if (disabled) await this.endEverything(id);
     return this.require(id);
@@ -266,7 +349,7 @@ export class AccountService {
   async setPassword(idOrEmail: string, password: string, options: PasswordOptions = {}): Promise<AccountView> {
     const { id, email, name } = await this.require(idOrEmail);
     this.validatePassword(password, { email, name }, options);
-    await this.accounts.updateOne({ _id: id }, { passwordHash: await this.hasher.hash(password) });
+    await this.accounts.updateOne({ _id: id }, { $set: { passwordHash: await this.hasher.hash(password) }, $unset: { importedPassword: 1 } });
     // A password is reset because the old one may be known: end what it may have opened.
     await this.endEverything(id);
     return this.require(id);

@@ -8,18 +8,18 @@
 import type { Readable } from 'node:stream';
 import type { Collection, Connection } from 'mongoose';
 import type { AccountService } from '../accounts/service.ts';
-import { AuditLog } from '../audit/log.ts';
+import { AuditLog, type AuditEvent } from '../audit/log.ts';
 import type { Logger } from '../observability/logger.ts';
 import { uuidv7 } from '../ids.ts';
 import { AuditOutbox } from './audit-outbox.ts';
-import { auditEvent, DocumentChanges, forbidden, preconditionFailed, type RequestInfo, type Visible } from './changes.ts';
+import { auditEvent, DocumentChanges, forbidden, preconditionFailed, SYSTEM, type RequestInfo, type Visible } from './changes.ts';
 import { isDuplicateKey, VersionClaims } from './claims.ts';
 import { ifMatchSatisfied } from './conditions.ts';
 import { DocumentFiles, type FileUpload } from './files.ts';
 import { fingerprintOf, IdempotencyKeys, inUse, keyIdFor } from './idempotency.ts';
 import { ApiProblem } from './problem.ts';
 import { aclOf, type DocumentRecord, type FileRecord, type ShareRecord, type ShareRole } from './model.ts';
-import { accessOf, callerPrincipal, isAdmin, may } from './policy.ts';
+import { accessOf, callerPrincipal, isAdmin, may, type Action } from './policy.ts';
 import { etagOf } from './presenter.ts';
 import { DocumentShares } from './shares.ts';
 import type { Caller } from './token.ts';
@@ -275,5 +275,63 @@ export class DocumentService {
   /** Turns pending shares for this email into shares with the new account; returns how many documents had one. */
   claimPendingShares(email: string, accountId: string): Promise<number> {
     return this.shares.claimPending(email, accountId);
+  }
+
+  /**
+   * For erasing an account (src/accounts/erase.ts): deletes the documents it owns, files
+   * included, or with `transferTo` makes that account their owner, and takes it out of every
+   * share. Each document changes as the next version with its own audit event by `actor` (an
+   * operator of the admin CLI: `ip` is "cli"); run again after a failure half-way, it finishes
+   * what is left.
+   */
+  async releaseAccount(accountId: string, actor: AuditEvent['actor'], transferTo?: string): Promise<{ deleted: number; transferred: number; unshared: number }> {
+    const counts = { deleted: 0, transferred: 0, unshared: 0 };
+    const event = (action: string, id: string, details: AuditEvent['details']) =>
+      AuditLog.event({ actor, action, target: id, outcome: 'success', ip: 'cli', requestId: null, details });
+    // The acl index holds the owner and every share (aclOf).
+    const docs = await this.documents.find({ acl: `user:${accountId}` }, { projection: { owner: 1, deletedAt: 1 } }).toArray();
+    for (const { _id, owner, deletedAt } of docs) {
+      if (owner.type !== 'user' || owner.id !== accountId) {
+        const removed = await this.systemChange(_id, 'share', (doc) => {
+          const shares = doc.shares.filter((s) => s.userId !== accountId);
+          return { shares, acl: aclOf(doc.owner, shares) };
+        }, event('document.share.remove', _id, { user: accountId }));
+        if (removed) counts.unshared += 1;
+        continue;
+      }
+      if (transferTo && !deletedAt) {
+        const next = { type: 'user' as const, id: transferTo };
+        const moved = await this.systemChange(_id, 'share', (doc) => {
+          const shares = doc.shares.filter((s) => s.userId !== transferTo && s.userId !== accountId);
+          return { owner: next, shares, acl: aclOf(next, shares) };
+        }, event('document.transfer', _id, { from: accountId, to: transferTo }));
+        if (moved) counts.transferred += 1;
+        else await this.finishDeletion(_id); // deleted meanwhile
+        continue;
+      }
+      if (!deletedAt) await this.systemChange(_id, 'delete', () => ({ deletedAt: new Date() }), event('document.delete', _id, { account_erased: accountId }));
+      await this.finishDeletion(_id);
+      counts.deleted += 1;
+    }
+    return counts;
+  }
+
+  /** A change on nobody's behalf; false when the document is gone or deleted. */
+  private async systemChange(id: string, action: Action, mutate: (doc: DocumentRecord) => Partial<DocumentRecord>, event: AuditEvent): Promise<boolean> {
+    try {
+      await this.changes.change(SYSTEM, id, action, undefined, mutate, event);
+      return true;
+    } catch (error) {
+      if (error instanceof ApiProblem && error.status === 404) return false;
+      throw error;
+    }
+  }
+
+  /** What the outbox does for a deleted document, done now, and without leaving a tombstone. */
+  private async finishDeletion(id: string): Promise<void> {
+    await this.outbox.finish(id);
+    await this.files.removeAll(id);
+    const left = await this.documents.findOne({ _id: id }, { projection: { deletedAt: 1 } });
+    if (left?.deletedAt) await this.documents.deleteOne({ _id: id });
   }
 }
