@@ -2,13 +2,17 @@
  * Composition root: reads the environment once, opens services, serves HTTP, and shuts down
  * gracefully on SIGINT/SIGTERM.
  */
-import http from 'node:http';
-import Koa from 'koa';
-import { createApp } from './app.ts';
-import { refuseConnect, refuseUnparsable } from './http/methods.ts';
+import type { Server } from 'node:http';
 import { ConfigError, loadConfig, type Config } from './config.ts';
 import { createLogger, type Logger } from './observability/logger.ts';
-import { startServices, type Services } from './services.ts';
+import type { Tracing } from './observability/tracing.ts';
+import type { Services } from './services.ts';
+
+/**
+ * What serving needs is imported when a server starts, not with this file: tracing must be running
+ * before node:http, Koa and the database clients are loaded (src/observability/tracing.ts).
+ */
+const servingModules = () => Promise.all([import('node:http'), import('./app.ts'), import('./http/methods.ts'), import('./services.ts')]);
 
 export interface RunningServer {
   readonly url: string;
@@ -19,6 +23,7 @@ export interface RunningServer {
 export async function startServer(
   config: Config, logger: Logger = createLogger(config.logLevel), options: { monitorCommands?: boolean } = {},
 ): Promise<RunningServer> {
+  const [{ default: http }, { createApp }, { refuseConnect, refuseUnparsable }, { startServices }] = await servingModules();
   const { services, stop } = await startServices(config, logger, options);
   let draining = false;
   const app = createApp(services, { draining: () => draining });
@@ -90,7 +95,8 @@ export async function startServer(
 const delay = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms).unref());
 
 /** METRICS_PORT: /metrics on a listener of its own (and nothing else there). */
-async function listenForMetrics(services: Services, host: string, port: number): Promise<http.Server> {
+async function listenForMetrics(services: Services, host: string, port: number): Promise<Server> {
+  const [{ default: http }, { default: Koa }] = await Promise.all([import('node:http'), import('koa')]);
   if (!services.config.metrics.token && !['127.0.0.1', '::1', 'localhost'].includes(host)) {
     services.logger.warn({ host, port }, 'metrics are served without METRICS_TOKEN on a non-loopback address: keep METRICS_PORT off any network a client can reach');
   }
@@ -119,7 +125,12 @@ export function configFromEnvironment(overrides: Record<string, string> = {}): C
 
 export async function main(config: Config): Promise<RunningServer> {
   const logger = createLogger(config.logLevel);
-  const running = await startServer(config, logger).catch((error: unknown) => {
+  let tracing: Tracing | undefined;
+  const running = await (async () => {
+    // Before startServer imports anything tracing instruments; the module is not even loaded without it.
+    if (config.tracing.endpoint) tracing = await (await import('./observability/tracing.ts')).startTracing(config, logger);
+    return startServer(config, logger);
+  })().catch((error: unknown) => {
     logger.fatal({ err: error }, 'start-up failed');
     process.exit(1);
   });
@@ -127,7 +138,7 @@ export async function main(config: Config): Promise<RunningServer> {
   for (const signal of ['SIGINT', 'SIGTERM'] as const) {
     process.once(signal, () => {
       logger.info({ signal }, 'shutting down');
-      running.close().then(() => process.exit(0), (error: unknown) => {
+      running.close().then(() => tracing?.shutdown()).then(() => process.exit(0), (error: unknown) => {
         logger.error({ err: error }, 'shutdown failed');
         process.exit(1);
       });

@@ -66,39 +66,6 @@ describe('client metadata cache', () => {
   });
 });
 
-describe('data written by earlier versions', () => {
-  test('sessions and grants found through the pointers of oidc_lookup, until none are left', async () => {
-    const conn = await mongoose.createConnection(testMongoUri('legacy'), { autoIndex: false }).asPromise();
-    try {
-      const expiresAt = new Date(Date.now() + 60_000);
-      await conn.collection('oidc_session').insertOne({ _id: 'old-session' as never, payload: { jti: 'old-session', kind: 'Session', uid: 'old-uid', accountId: 'acc' }, expiresAt });
-      await conn.collection('oidc_grant').insertOne({ _id: 'old-grant' as never, payload: { jti: 'old-grant', kind: 'Grant', accountId: 'acc', clientId: 'app' }, expiresAt });
-      await conn.collection('oidc_lookup').insertMany([
-        { _id: 'Session:old-uid' as never, id: 'old-session', expiresAt },
-        { _id: 'Grant:["acc","app"]' as never, id: 'old-grant', expiresAt },
-      ]);
-      const store = new ArtifactStore(conn);
-      await store.ensureIndexes();
-      expect(store.legacyPointers).toBe(!store.indexedKeys);
-      expect(await store.adapterFor('Session').findByUid('old-uid')).toMatchObject({ jti: 'old-session', accountId: 'acc' });
-      expect(await store.grantIdFor('acc', 'app')).toBe('old-grant');
-
-      // Saved again by this version, they get copies and need the pointers no more.
-      await conn.collection('oidc_lookup').deleteMany({});
-      await store.adapterFor('Session').upsert('old-session', { jti: 'old-session', kind: 'Session', uid: 'old-uid', accountId: 'acc' }, 60);
-      await store.adapterFor('Grant').upsert('old-grant', { jti: 'old-grant', kind: 'Grant', accountId: 'acc', clientId: 'app' }, 60);
-      const fresh = new ArtifactStore(conn);
-      await fresh.ensureIndexes();
-      expect(fresh.legacyPointers).toBe(false);
-      expect(await fresh.adapterFor('Session').findByUid('old-uid')).toMatchObject({ jti: 'old-session' });
-      expect(await fresh.grantIdFor('acc', 'app')).toBe('old-grant');
-    } finally {
-      await conn.dropDatabase().catch(() => {});
-      await conn.close();
-    }
-  });
-});
-
 describe('request memo', () => {
   let conn: mongoose.Connection;
   beforeAll(async () => {

@@ -93,3 +93,22 @@ export async function startServerProcess({ env, nodeFlags = [], port }: ServerPr
     },
   };
 }
+
+/**
+ * The server process for a start that must fail: resolves once it exits, with its exit code and
+ * output lines. One that starts instead is killed after `limitMs` (and its code is null).
+ */
+export async function serverProcessExit({ env, nodeFlags = [], port }: ServerProcessOptions, limitMs = 60_000): Promise<{ code: number | null; output: string[] }> {
+  port ??= await freePort();
+  const child = spawn(process.execPath, [...nodeFlags, 'src/server.ts'], {
+    cwd: projectRoot(),
+    env: { PATH: process.env.PATH ?? '', HOME: process.env.HOME ?? '', NODE_ENV: 'test', HOST: '127.0.0.1', PORT: String(port), LOG_LEVEL: 'info', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let text = '';
+  for (const stream of [child.stdout!, child.stderr!]) stream.on('data', (chunk: Buffer) => { text += chunk.toString(); });
+  const killer = setTimeout(() => child.kill('SIGKILL'), limitMs);
+  const code = await new Promise<number | null>((resolve) => child.once('exit', (exitCode) => resolve(exitCode)));
+  clearTimeout(killer);
+  return { code, output: text.split('\n').filter(Boolean) };
+}
