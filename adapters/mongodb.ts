@@ -36,6 +36,7 @@ import { randomUUID } from 'node:crypto';
 import mongoose, { type Collection, type Connection } from 'mongoose';
 import { errors, type Adapter, type AdapterPayload } from 'oidc-provider';
 import { requestMemo } from '../src/http/request-memo.ts';
+import { SecretBox } from '../src/security/secrets.ts';
 import { ExpirySweeper, type SweeperOptions } from './sweeper.ts';
 import { mayBeOf } from './token-ids.ts';
 
@@ -76,9 +77,6 @@ export interface StoredGrant { id: string; doc?: ArtifactDocument }
 
 /** An artifact read back for administration or notification: its id and payload. */
 export interface LiveArtifact { id: string; payload: AdapterPayload }
-
-/** A grant pointer, or a pointer of the `oidc_lookup` collection that earlier versions wrote. */
-interface PointerDocument { _id: string; id: string; expiresAt?: Date }
 
 const DUPLICATE_KEY = 11000;
 
@@ -147,6 +145,10 @@ class ClientCache {
     if (this.entries.size >= 10_000) this.entries.clear();
     this.entries.set(id, { payload, until: Date.now() + this.ttlMs });
   }
+  clear(): void {
+    this.entries.clear();
+  }
+
   forget(id: string): void {
     this.entries.delete(id);
   }
@@ -184,15 +186,17 @@ export class ArtifactStore {
    * they are kept as copies and pointers under `_id` (FerretDB v1). Decided with ttlIndexes.
    */
   indexedKeys = false;
-  /** Whether `oidc_lookup` holds pointers written by earlier versions (read until they expire). */
-  legacyPointers = false;
   readonly clientCache: ClientCache;
   private readonly forceIndexedKeys: boolean | undefined;
   private readonly sessionsEndedListeners: ((sessions: LiveArtifact[]) => Promise<void> | void)[] = [];
 
+  /** Seals client secrets at rest (SECRETS_KEY); without keys they are stored as given. */
+  readonly secrets: SecretBox;
+
   /** `indexedKeys` overrides the detection (the adapter contract runs both ways on FerretDB). */
-  constructor(connection: Connection, options: { clientCacheSeconds?: number; indexedKeys?: boolean } = {}) {
+  constructor(connection: Connection, options: { clientCacheSeconds?: number; indexedKeys?: boolean; secrets?: SecretBox } = {}) {
     this.connection = connection;
+    this.secrets = options.secrets ?? new SecretBox(undefined);
     this.clientCache = new ClientCache((options.clientCacheSeconds ?? 0) * 1000);
     this.forceIndexedKeys = options.indexedKeys;
   }
@@ -201,15 +205,10 @@ export class ArtifactStore {
     return this.connection.collection<ArtifactDocument>(collectionName(model));
   }
 
-  /** Pointers of earlier versions; only read, and swept as they expire. */
-  get lookups(): Collection<PointerDocument> {
-    return this.connection.collection('oidc_lookup');
-  }
-
   /**
    * Run once at start-up (never per request). Detects TTL support on FerretDB by trying it. Covers every
-   * collection with expiring documents: the models' plus the `oidc_consumed` and `oidc_lookup`
-   * collections of earlier versions.
+   * collection with expiring documents. (The `oidc_lookup` pointers and `oidc_consumed` markers of
+   * earlier versions are carried over and dropped by migrations 001 and 002.)
    */
   async ensureIndexes(): Promise<void> {
     // Every instance must choose the same layout, so the choice rests on what the server is, not
@@ -218,7 +217,7 @@ export class ArtifactStore {
     const ferretdb = 'ferretdbVersion' in (await this.connection.db!.admin().command({ buildInfo: 1 }));
     this.indexedKeys = this.forceIndexedKeys ?? !ferretdb;
     this.ttlIndexes = true;
-    for (const model of [...MODEL_NAMES, 'consumed', 'lookup']) {
+    for (const model of MODEL_NAMES) {
       const collection = this.collection(model);
       if (GRANTABLE.has(model)) await collection.createIndex({ 'payload.grantId': 1 });
       if (GRANTABLE.has(model) || model === 'Session' || model === 'Grant') {
@@ -238,12 +237,11 @@ export class ArtifactStore {
       }
       await collection.createIndex({ expiresAt: 1 }, { name: 'expiresAt_sweep' });
     }
-    this.legacyPointers = !this.indexedKeys && (await this.lookups.findOne({}, { projection: { _id: 1 } })) !== null;
   }
 
   private sweeper(options: Partial<SweeperOptions> = {}): ExpirySweeper {
     return new ExpirySweeper({
-      collections: () => [...MODEL_NAMES, 'consumed', 'lookup'].map((model) => this.collection(model) as unknown as Collection),
+      collections: () => MODEL_NAMES.map((model) => this.collection(model) as unknown as Collection),
       locks: this.connection.collection('locks'),
       owner: randomUUID(),
       ...options,
@@ -272,8 +270,7 @@ export class ArtifactStore {
   /**
    * The grant this account gave this client, if it still exists: consent given in one session
    * holds in the next. oidc-provider reads the grant next, and is answered from what was read
-   * here. A legacy pointer may outlive its grant; the caller finds the grant by id and checks it,
-   * so a stale pointer costs a question, never access.
+   * here; it still checks the grant's account and client (loadExistingGrant).
    */
   async grantIdFor(accountId: string, clientId: string): Promise<string | undefined> {
     const readAt = requestMemo()?.generation;
@@ -298,10 +295,7 @@ export class ArtifactStore {
     }
     const copy = await this.collection('Grant').findOne({ _id: grantCopyId(accountId, clientId) });
     const doc = copy && artifactOfCopy(copy);
-    if (isLive(doc)) return { id: doc._id, doc };
-    if (copy || !this.legacyPointers) return undefined;
-    const pointer = await this.lookups.findOne({ _id: `Grant:${JSON.stringify([accountId, clientId])}` });
-    return pointer && notExpired(pointer.expiresAt) ? { id: pointer.id } : undefined;
+    return isLive(doc) ? { id: doc._id, doc } : undefined;
   }
 
   /** Makes a grant read earlier (see storedGrantFor) known to the rest of this request. */
@@ -409,7 +403,39 @@ export class ArtifactStore {
   adapterFor(model: string): MongoAdapter {
     return new MongoAdapter(model, this);
   }
+
+  /**
+   * Client metadata as stored: its secret sealed. oidc-provider needs the secret itself, not a
+   * hash (client_secret_jwt signs with it, and RFC 7592 reads return it), so it is encrypted.
+   */
+  sealedClient(id: string, payload: AdapterPayload): AdapterPayload {
+    const secret = payload.client_secret;
+    if (typeof secret !== 'string' || SecretBox.isSealed(secret) || !this.secrets.enabled) return payload;
+    return { ...payload, client_secret: this.secrets.seal(secret, clientSecretPurpose(id)) };
+  }
+
+  openedClient(id: string, payload: AdapterPayload): AdapterPayload {
+    const secret = payload.client_secret;
+    return typeof secret === 'string' && SecretBox.isSealed(secret) ? { ...payload, client_secret: this.secrets.open(secret, clientSecretPurpose(id)) } : payload;
+  }
+
+  /** Seals every client secret stored in the clear or under an older SECRETS_KEY; returns how many. */
+  async resealClientSecrets(): Promise<number> {
+    let changed = 0;
+    for (const doc of await this.collection('Client').find({ 'payload.client_secret': { $exists: true } }).toArray()) {
+      const stored = doc.payload.client_secret;
+      if (typeof stored !== 'string' || !this.secrets.needsReseal(stored)) continue;
+      const plain = this.secrets.open(stored, clientSecretPurpose(doc._id));
+      const sealed = this.secrets.seal(plain, clientSecretPurpose(doc._id));
+      await this.collection('Client').updateOne({ _id: doc._id, 'payload.client_secret': stored }, { $set: { 'payload.client_secret': sealed } });
+      changed += 1;
+    }
+    this.clientCache.clear();
+    return changed;
+  }
 }
+
+const clientSecretPurpose = (clientId: string) => `client-secret:${clientId}`;
 
 export class MongoAdapter implements Adapter {
   private readonly model: string;
@@ -448,7 +474,8 @@ export class MongoAdapter implements Adapter {
 
   async upsert(id: string, payload: AdapterPayload, expiresIn?: number): Promise<void> {
     this.cache?.forget(id);
-    const doc: ArtifactDocument = { _id: id, payload: storedPayload(payload) };
+    const stored = this.model === 'Client' ? this.store.sealedClient(id, payload) : payload;
+    const doc: ArtifactDocument = { _id: id, payload: storedPayload(stored) };
     if (typeof expiresIn === 'number' && expiresIn > 0) {
       doc.expiresAt = new Date(Date.now() + expiresIn * 1000);
     }
@@ -493,10 +520,6 @@ export class MongoAdapter implements Adapter {
     } else {
       const copy = await this.collection.findOne({ _id: copyId(key, value) });
       doc = copy && artifactOfCopy(copy);
-      if (!copy && this.store.legacyPointers) {
-        const pointer = await this.store.lookups.findOne({ _id: `${this.model}:${value}` });
-        doc = pointer ? await this.collection.findOne({ _id: pointer.id }) : null;
-      }
     }
     if (!isLive(doc) || doc.payload[key] !== value) return undefined;
     this.remember(doc._id, doc, readAt);
@@ -508,7 +531,8 @@ export class MongoAdapter implements Adapter {
     const cached = this.cache?.get(id);
     if (cached) return cached.payload;
     const doc = await this.load(id);
-    const payload = isLive(doc) ? readPayload(doc.payload) : undefined;
+    let payload = isLive(doc) ? readPayload(doc.payload) : undefined;
+    if (payload && this.model === 'Client') payload = this.store.openedClient(id, payload);
     this.cache?.set(id, payload);
     return payload;
   }

@@ -6,6 +6,7 @@ import path from 'node:path';
 import Koa from 'koa';
 import mount from 'koa-mount';
 import { documentsApi } from './documents/routes.ts';
+import { deviceCodeRateLimit } from './devices/rate-limit.ts';
 import { interactionRoutes } from './interactions/routes.ts';
 import { accountPages } from './accounts/account-pages.ts';
 import { selfServiceRoutes } from './accounts/self-service.ts';
@@ -18,7 +19,8 @@ import { requestLog } from './observability/request-log.ts';
 import { healthRoutes } from './observability/health.ts';
 import { requestGuards, type RequestGuards } from './http/guards.ts';
 import { answerUnavailable, isUnavailable, RETRY_AFTER_SECONDS, ServiceUnavailableError } from './http/unavailable.ts';
-import { staticDocuments } from './oidc/static-documents.ts';
+import { publishedKeys, staticDocuments } from './oidc/static-documents.ts';
+import { SignInRecorder } from './audit/sign-ins.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
 import { withRequestMemo } from './http/request-memo.ts';
@@ -116,7 +118,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   const interactions = interactionRoutes({
     provider, store: services.store, accounts: services.accounts, logger, config,
     rateLimits: services.rateLimits, lockout: services.lockout, mfa: services.mfa, challenges: services.mfaChallenges,
-    metrics: services.metrics,
+    metrics: services.metrics, signIns: new SignInRecorder(services.metrics, services.audit),
   });
   app.use(interactions.routes());
   app.use(interactions.allowedMethods());
@@ -138,8 +140,10 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   app.use(account.allowedMethods());
   routes.add(account);
 
-  app.use(staticDocuments(config.issuer, ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks']));
+  app.use(staticDocuments(config.issuer, ['/.well-known/openid-configuration', '/.well-known/oauth-authorization-server']));
+  app.use(publishedKeys(() => services.keys.publicJwks, config.keys.jwksCacheSeconds));
   app.use(tokenRateLimit(services.rateLimits));
+  app.use(deviceCodeRateLimit(services.rateLimits));
   app.use(refuseEncodedBodies);
   app.use(async (ctx, next) => {
     await next();

@@ -69,6 +69,8 @@ export interface Config {
     readonly rotationDays: number | undefined;
     /** How often each instance re-reads the keys, so a rotation step reaches it without restart. */
     readonly refreshSeconds: number;
+    /** The JWKS's Cache-Control max-age: how long relying parties may keep it (seconds). */
+    readonly jwksCacheSeconds: number;
   };
   /**
    * SECRETS_KEY: AES-256-GCM keys for secrets at rest (signing keys, client secrets), newest
@@ -215,7 +217,7 @@ const RATE_LIMIT_DEFAULTS: Record<RateLimitName, [env: string, points: number, s
   verifyPerIp: ['RATE_LIMIT_VERIFY_PER_IP', 10, 3600],
   verifyPerEmail: ['RATE_LIMIT_VERIFY_PER_EMAIL', 3, 3600],
   tokenPerClient: ['RATE_LIMIT_TOKEN_PER_CLIENT', 600, 60],
-  // Codes typed on the /device page: a user code has about 2^40 values, so guessing needs far more.
+  // Codes typed on the /device page: a user code has 20^8 (about 2^34.6) values, so guessing needs far more.
   deviceCodePerIp: ['RATE_LIMIT_DEVICE_CODE_PER_IP', 20, 300],
 };
 
@@ -371,6 +373,7 @@ export function loadConfig(env: Env): Config {
     keys: {
       rotationDays: r.raw('KEY_ROTATION_DAYS') === undefined ? undefined : r.int('KEY_ROTATION_DAYS', 90, 1, 3650),
       refreshSeconds: r.int('KEYS_REFRESH_SECONDS', 60, 1, 3600),
+      jwksCacheSeconds: r.int('JWKS_CACHE_SECONDS', 300, 1, 86_400),
     },
     secretsKeys: readSecretsKeys(r, isProduction),
     clientRegistration: { enabled: r.bool('CLIENT_REGISTRATION_ENABLED', false) },

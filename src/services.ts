@@ -27,13 +27,20 @@ import type { Logger } from './observability/logger.ts';
 import { DatabaseHealth } from './observability/health.ts';
 import { Metrics, oauthErrorLabel } from './observability/metrics.ts';
 import { ClientService } from './oidc/clients.ts';
-import { generateJwks, loadSigningKeys, type PrivateJwks } from './oidc/keys.ts';
+import { ClientRegistration, watchRegistrations } from './oidc/registration.ts';
+import { DpopVerifier, SeenProofs } from './documents/dpop.ts';
+import { LogoutDeliveries, type DeliveryOptions } from './logout/deliveries.ts';
+import { propagateLogouts } from './logout/propagation.ts';
+import { keyRingFor, throwawayJwks, type KeyRing, type PrivateJwks } from './oidc/keys.ts';
+import { KeyRefresher } from './oidc/key-refresh.ts';
+import { SecretBox } from './security/secrets.ts';
 import { TokenRevocations } from './oidc/revocations.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID, createProvider } from './oidc/provider.ts';
 import { AccountTokens } from './accounts/tokens.ts';
 import { MfaChallenges } from './interactions/mfa-challenges.ts';
 import { Lockout } from './security/lockout.ts';
 import { LimiterStore, RateLimits } from './security/rate-limit.ts';
+import { migrateAtStart } from './migrations/runner.ts';
 import type { Provider } from 'oidc-provider';
 
 export interface Services {
@@ -47,6 +54,8 @@ export interface Services {
   readonly mfa: MfaService;
   readonly provider: Provider;
   readonly clients: ClientService;
+  /** Initial access tokens for dynamic client registration (RFC 7591), and its policy. */
+  readonly registration: ClientRegistration;
   readonly documents: DocumentService;
   readonly audit: AuditLog;
   /** Verifies the documents API's access tokens (keys cached from the provider's JWKS). */
@@ -64,12 +73,18 @@ export interface Services {
    * files in the outbox directory without SMTP_URL (development only).
    */
   readonly mailer: MailOutbox;
+  /** Back-channel logout tokens waiting to be POSTed to apps, with retries (the server's worker sends them). */
+  readonly logoutDeliveries: LogoutDeliveries;
   /** Single-use mailed links (email verification, password reset). */
   readonly accountTokens: AccountTokens;
   /** Sign-ins waiting for their second step. */
   readonly mfaChallenges: MfaChallenges;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
+  /** The signing keys in MongoDB (undefined when OIDC_JWKS supplies them). */
+  readonly keyRing: KeyRing | undefined;
+  /** The keys in use and published; the server re-reads them (startServices). */
+  readonly keys: KeyRefresher;
   /** Whether MongoDB answers (checked only in the server, by startServices). */
   readonly database: DatabaseHealth;
   /** Closes the connections; safe to call more than once. */
@@ -82,6 +97,10 @@ interface OpenOptions {
   mayGenerateKeys?: boolean;
   /** The driver emits an event per command (tests and the bench count them); off costs nothing. */
   monitorCommands?: boolean;
+  /** Retry timing of back-channel logout deliveries (tests shorten it). */
+  logoutDelivery?: Partial<DeliveryOptions>;
+  /** Runs once connected, before any index or data is touched (the server's migrations). */
+  beforeData?: (connection: Connection) => Promise<void>;
 }
 
 /**
@@ -158,16 +177,20 @@ function connectRedis(config: Config, logger: Logger): Redis | undefined {
 }
 
 /**
- * The keys the Provider signs with. A process that may not create them (the CLI, production)
- * and finds none gets throwaway keys if it only validates, so an admin command never writes keys.
+ * The keys the Provider signs with: OIDC_JWKS, or the key ring's. A development server creates
+ * the first keys of an empty ring; production refuses to start without keys; a CLI process (which
+ * only validates) gets throwaway keys, so an admin command never writes keys.
  */
-async function signingKeys(connection: Connection, config: Config, options: OpenOptions): Promise<PrivateJwks> {
-  try {
-    return await loadSigningKeys(connection, { supplied: config.jwks, mayGenerate: options.mayGenerateKeys === true });
-  } catch (error) {
-    if (options.mayGenerateKeys !== undefined) throw error;
-    return generateJwks();
+async function signingKeys(ring: KeyRing | undefined, config: Config, options: OpenOptions): Promise<PrivateJwks> {
+  if (!ring) return config.jwks as PrivateJwks;
+  const stored = await ring.privateJwks();
+  if (stored) return stored;
+  if (options.mayGenerateKeys === undefined) return throwawayJwks();
+  if (!options.mayGenerateKeys) {
+    throw new Error('No signing keys: set OIDC_JWKS, or run `npm run -s keys -- generate` once against this database');
   }
+  await ring.generate();
+  return (await ring.privateJwks())!;
 }
 
 export async function openServices(config: Config, logger: Logger, options: OpenOptions = {}): Promise<Services> {
@@ -179,7 +202,8 @@ export async function openServices(config: Config, logger: Logger, options: Open
     if (redis) await Promise.race([new Promise((resolve) => redis!.once('ready', resolve)), setTimeout(2000, undefined, { ref: false })]);
     // A missing mail view stops start-up here, before any index or data is touched.
     const mailer = createMailer(config, logger, connection);
-    const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds });
+    await options.beforeData?.(connection);
+    const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds, secrets: new SecretBox(config.secretsKeys) });
 
     // Records must outlive every JWT they revoke, whichever grant issued it, and may be written by a
     // CLI process whose TTL_* differ from the server's: keep them for the longest lifetime allowed.
@@ -200,22 +224,33 @@ export async function openServices(config: Config, logger: Logger, options: Open
       await documents.claimPendingShares(account.email, account.id)
         .catch((error: unknown) => logger.error({ err: error, accountId: account.id }, 'resolving pending document shares failed'));
     });
+    // DPoP proofs name the public URL the API was called at: the issuer's origin, or the audience's.
+    const dpop = new DpopVerifier([config.issuer, config.documents.audience], new SeenProofs(redis, logger));
     const tokenVerifier = new AccessTokenVerifier({
-      issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, revocations, logger,
+      issuer: config.issuer, audience: config.documents.audience, jwksUri: config.documents.jwksUri, revocations, logger, dpop,
     });
 
-    const jwks = await signingKeys(connection, config, options);
+    const keyRing = config.jwks ? undefined : keyRingFor(connection, config);
+    const jwks = await signingKeys(keyRing, config, options);
     const cookieKeys = config.cookieKeys ?? [randomBytes(32).toString('base64url')];
-    const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken: (token) => tokenVerifier.verify(token) });
-    const clients = new ClientService(store, provider, revocations);
+    // The registration policy applies the client registry's rules; the registry needs the provider.
+    let clients: ClientService | undefined;
+    const registration = new ClientRegistration(connection, store, () => clients!, logger);
+    const provider = createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken: (token) => tokenVerifier.verify(token), registration });
+    clients = new ClientService(store, provider, revocations, { isProduction: config.isProduction });
+    watchRegistrations(provider, revocations, logger);
+    const logoutDeliveries = new LogoutDeliveries(connection, provider, logger, { isProduction: config.isProduction, ...options.logoutDelivery });
+    await buildIndexes(logger, { logoutDeliveries });
+    propagateLogouts(provider, store, logoutDeliveries, logger);
     const limiters = new LimiterStore(redis, logger);
     const rateLimits = new RateLimits(config.rateLimits, limiters);
     const lockout = new Lockout(config.lockout, limiters);
 
     let closed = false;
     return {
-      config, logger, connection, redis, store, accounts, mfa, provider, clients, documents, audit, tokenVerifier, revocations, cookieKeys,
-      rateLimits, limiters, lockout, mailer, accountTokens, mfaChallenges, database: new DatabaseHealth(uri, logger),
+      config, logger, connection, redis, store, accounts, mfa, provider, clients, registration, documents, audit, tokenVerifier, revocations, cookieKeys,
+      keyRing, keys: new KeyRefresher({ ring: keyRing, provider, logger, audit, jwks }, config.keys),
+      rateLimits, limiters, lockout, mailer, logoutDeliveries, accountTokens, mfaChallenges, database: new DatabaseHealth(uri, logger),
       metrics: new Metrics(() => limiters.state()),
       async close() {
         if (closed) return;
@@ -240,6 +275,7 @@ function watchForMetrics({ metrics, connection, provider }: Services): void {
   for (const event of [
     'authorization.error', 'grant.error', 'introspection.error', 'revocation.error', 'userinfo.error', 'end_session.error',
     'end_session_confirm.error', 'end_session_success.error', 'pushed_authorization_request.error', 'server_error',
+    'device_authorization.error', 'code_verification.error', 'device_resume.error', 'registration_create.error',
   ]) {
     provider.on(event as 'grant.error', oauthError);
   }
@@ -258,12 +294,16 @@ async function ensureAccountConsole(services: Services): Promise<void> {
  * the services and a function that stops the timers and workers (before closing the services).
  */
 export async function startServices(
-  config: Config, logger: Logger, options: Pick<OpenOptions, 'monitorCommands'> = {},
+  config: Config, logger: Logger, options: Pick<OpenOptions, 'monitorCommands' | 'logoutDelivery'> = {},
 ): Promise<{ services: Services; stop: () => Promise<void> }> {
   // Command monitoring feeds the MongoDB latency metric; it costs an event per command, so only
   // where metrics are served.
   const served = config.metrics.port !== undefined || config.metrics.onMainPort;
-  const services = await openServices(config, logger, { ...options, monitorCommands: served || options.monitorCommands, mayGenerateKeys: !config.isProduction });
+  const services = await openServices(config, logger, {
+    ...options, monitorCommands: served || options.monitorCommands, mayGenerateKeys: !config.isProduction,
+    // Applied in development and test; production refuses to start while any is pending.
+    beforeData: (connection) => migrateAtStart(connection, config, logger),
+  });
   const { store, revocations, audit, accountTokens, mfaChallenges, mfa } = services;
   const stops: (() => void | Promise<void>)[] = [];
   const stopAll = async () => {
@@ -279,6 +319,8 @@ export async function startServices(
       logger.error({ err: error }, 'sweeping expired artifacts failed')));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
     stops.push(await revocations.start(config.revocationRefreshSeconds));
+    if (!config.secretsKeys) logger.warn('SECRETS_KEY is not set: signing keys and client secrets are stored in the clear (development only)');
+    stops.push(await services.keys.start());
     stops.push(audit.startRetention());
     const maintenance = setInterval(() => {
       Promise.all([accountTokens.sweep(), mfaChallenges.sweep(), mfa.sweep()])
@@ -287,6 +329,7 @@ export async function startServices(
     maintenance.unref();
     stops.push(() => clearInterval(maintenance));
     stops.push(services.mailer.startWorker());
+    stops.push(services.logoutDeliveries.startWorker());
     stops.push(services.documents.startAuditRelay());
   } catch (error) {
     await stopAll();

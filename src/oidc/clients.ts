@@ -6,6 +6,7 @@
  * may read it but not change it.
  */
 import { randomBytes } from 'node:crypto';
+import { isDeepStrictEqual } from 'node:util';
 import type { Provider, ClientMetadata, JWK } from 'oidc-provider';
 import { z } from 'zod';
 import { readPayload, type ArtifactStore } from '../../adapters/mongodb.ts';
@@ -16,7 +17,10 @@ import type { TokenRevocations } from './revocations.ts';
 
 const REGISTRABLE_SCOPES: readonly string[] = [...SCOPES, ...DOCUMENTS_SCOPES];
 
-export const GRANT_TYPES = ['authorization_code', 'refresh_token', 'client_credentials'] as const;
+/** RFC 8628: the grant type a device (TV, CLI) polls the token endpoint with. */
+export const DEVICE_CODE_GRANT = 'urn:ietf:params:oauth:grant-type:device_code';
+
+export const GRANT_TYPES = ['authorization_code', 'refresh_token', 'client_credentials', DEVICE_CODE_GRANT] as const;
 
 /** The token endpoint authentication methods a client can be registered with; `none` is a public client. */
 export const AUTH_METHODS = ['client_secret_basic', 'client_secret_post', 'private_key_jwt', 'none'] as const;
@@ -53,6 +57,17 @@ export interface ClientInput {
   idTokenClaims?: 'full' | 'minimal' | undefined;
   /** Audiences whose tokens the client may introspect; an empty list clears them. */
   introspectFor?: string[] | undefined;
+  /** Back-channel logout: where logout tokens are POSTed (https, or http on loopback outside production); null removes it. */
+  backchannelLogoutUri?: string | null | undefined;
+  /** Logout tokens (and ID tokens) then carry `sid`. */
+  backchannelLogoutSessionRequired?: boolean | undefined;
+  /** RFC 9449 dpop_bound_access_tokens: the token endpoint refuses this client's requests without a DPoP proof. */
+  requireDpop?: boolean | undefined;
+}
+
+export interface ClientServiceOptions {
+  /** Production refuses plain-http back-channel logout URIs, loopback ones included. */
+  isProduction?: boolean;
 }
 
 export interface StoredClient extends ClientMetadata, ClientPolicyMetadata {
@@ -99,6 +114,29 @@ function checkPublicJwks(value: unknown): { keys: JWK[] } {
   return parsed.data as { keys: JWK[] };
 }
 
+/**
+ * A logout token is a credential-like message about a user: it goes over https, or over plain
+ * http to this machine while developing. Credentials and fragments have no place in it.
+ */
+export function logoutUriAllowed(value: string, isProduction: boolean): boolean {
+  const url = URL.canParse(value) ? new URL(value) : undefined;
+  return url !== undefined && !url.hash && !url.username && !url.password
+    && (url.protocol === 'https:' || (url.protocol === 'http:' && !isProduction && LOOPBACK_HOSTS.includes(url.hostname)));
+}
+
+function backchannelFrom(input: ClientInput, base: Partial<StoredClient>, isProduction: boolean): Pick<StoredClient, 'backchannel_logout_uri' | 'backchannel_logout_session_required'> {
+  const uri = input.backchannelLogoutUri === null ? undefined : input.backchannelLogoutUri ?? base.backchannel_logout_uri;
+  const sessionRequired = input.backchannelLogoutSessionRequired ?? base.backchannel_logout_session_required;
+  if (uri === undefined) {
+    if (input.backchannelLogoutSessionRequired) throw invalid('--backchannel-logout-session-required needs a --backchannel-logout-uri');
+    return {};
+  }
+  if (input.backchannelLogoutUri !== undefined && !logoutUriAllowed(uri, isProduction)) {
+    throw invalid(`backchannel_logout_uri must be an https URL${isProduction ? '' : ' (http only for localhost, 127.0.0.1 or [::1])'}, without credentials or fragment`);
+  }
+  return { backchannel_logout_uri: uri, ...(sessionRequired ? { backchannel_logout_session_required: true } : {}) };
+}
+
 /** private_key_jwt needs exactly one of jwks / jwks_uri; every other method has neither. */
 function keysFrom(input: ClientInput, base: Partial<StoredClient>, method: string): Pick<StoredClient, 'jwks' | 'jwks_uri'> {
   const given = input.jwks !== undefined || input.jwksUri !== undefined;
@@ -142,6 +180,13 @@ function refuseBuiltin(clientId: string): void {
   }
 }
 
+/** Equal but for bookkeeping (when it was last written); absent, null and undefined alike. */
+function sameMetadata(a: StoredClient, b: StoredClient): boolean {
+  const comparable = (client: StoredClient) => Object.fromEntries(Object.entries(client)
+    .filter(([key, value]) => value !== undefined && value !== null && key !== 'client_updated_at'));
+  return isDeepStrictEqual(comparable(a), comparable(b));
+}
+
 function newSecret(): string {
   return randomBytes(32).toString('base64url');
 }
@@ -158,18 +203,25 @@ export class ClientService {
   private readonly store: ArtifactStore;
   private readonly provider: Provider;
   private readonly revocations: TokenRevocations;
+  private readonly options: ClientServiceOptions;
 
-  constructor(store: ArtifactStore, provider: Provider, revocations: TokenRevocations) {
+  constructor(store: ArtifactStore, provider: Provider, revocations: TokenRevocations, options: ClientServiceOptions = {}) {
     this.store = store;
     this.provider = provider;
     this.revocations = revocations;
+    this.options = options;
   }
 
   private get adapter() {
     return this.store.adapterFor('Client');
   }
 
-  private metadataFrom(input: ClientInput, base: Partial<StoredClient>): StoredClient {
+  /**
+   * The metadata a client gets from `input` over `base` (what `input` leaves out comes from
+   * `base`), with every rule of this registry applied; not yet validated by oidc-provider nor
+   * stored. Dynamic registration applies it too (src/oidc/registration.ts).
+   */
+  metadataFrom(input: ClientInput, base: Partial<StoredClient>): StoredClient {
     const grantTypes = input.grantTypes ?? base.grant_types ?? ['authorization_code', 'refresh_token'];
     const unknownGrant = grantTypes.find((g) => !(GRANT_TYPES as readonly string[]).includes(g));
     if (unknownGrant) throw new AppError('invalid_client_metadata', `grant type "${unknownGrant}" is not supported (${GRANT_TYPES.join(', ')})`);
@@ -195,7 +247,9 @@ export class ClientService {
       token_endpoint_auth_method: authMethod as ClientMetadata['token_endpoint_auth_method'],
       ...keysFrom(input, base, authMethod),
       ...policyFrom(input, base, isPublic),
+      ...backchannelFrom(input, base, this.options.isProduction === true),
     };
+    if (input.requireDpop ?? base.dpop_bound_access_tokens) metadata.dpop_bound_access_tokens = true;
     const alg = input.idTokenSigningAlg ?? base.id_token_signed_response_alg;
     // Checked against the enabled algorithms by oidc-provider's validation below.
     if (alg) metadata.id_token_signed_response_alg = alg as ClientMetadata['id_token_signed_response_alg'];
@@ -210,6 +264,13 @@ export class ClientService {
   }
 
   private async validateAndStore(metadata: StoredClient): Promise<StoredClient> {
+    await this.validate(metadata);
+    await this.adapter.upsert(metadata.client_id, { ...metadata });
+    return metadata;
+  }
+
+  /** Checks metadata as the provider will when it reads the client; throws invalid_client_metadata. */
+  async validate(metadata: StoredClient): Promise<void> {
     try {
       // Our properties are checked by the same validator the provider is configured with, so the
       // answer does not depend on how this provider instance was built.
@@ -222,8 +283,6 @@ export class ClientService {
       const description = (error as { error_description?: string }).error_description ?? (error as Error).message;
       throw new AppError('invalid_client_metadata', description);
     }
-    await this.adapter.upsert(metadata.client_id, { ...metadata });
-    return metadata;
   }
 
   async create(input: ClientInput): Promise<StoredClient> {
@@ -237,6 +296,31 @@ export class ClientService {
   async ensure(clientId: string, input: ClientInput): Promise<StoredClient> {
     const current = await this.get(clientId);
     return this.validateAndStore(this.metadataFrom(input, current ?? { client_id: clientId }));
+  }
+
+  /**
+   * Puts a client in exactly the state `input` describes (clients as code): unlike update, what
+   * the input leaves out goes back to its default. The id, its issue date and the secret are
+   * kept (a client that newly needs a secret gets one). Nothing is written when the client is in
+   * that state already; `dryRun` only validates.
+   */
+  async replace(clientId: string, input: ClientInput, options: { dryRun?: boolean } = {}): Promise<{ client: StoredClient; outcome: 'created' | 'updated' | 'unchanged' }> {
+    refuseBuiltin(clientId);
+    const current = await this.get(clientId);
+    const identity: Partial<StoredClient> = current
+      ? { client_id: clientId, client_id_issued_at: current.client_id_issued_at, client_secret: current.client_secret }
+      : { client_id: clientId };
+    const next = this.metadataFrom(input, identity);
+    if (!current) delete next.client_updated_at;
+    const outcome = !current ? 'created' : sameMetadata(current, next) ? 'unchanged' : 'updated';
+    if (outcome === 'unchanged') return { client: current!, outcome };
+    if (options.dryRun) {
+      await this.validate(next);
+      return { client: next, outcome };
+    }
+    await this.validateAndStore(next);
+    if (current?.client_secret && !next.client_secret) await this.revocations.revoke('client', clientId);
+    return { client: next, outcome };
   }
 
   async get(clientId: string): Promise<StoredClient | undefined> {

@@ -22,13 +22,19 @@ import type { ArtifactStore, StoredGrant } from '../../adapters/mongodb.ts';
 import { opaqueTokenBits } from '../../adapters/token-ids.ts';
 import { ACR_MFA, ACR_VALUES, acrDemand } from './acr.ts';
 import { clientPolicy, extraClientMetadata } from './client-metadata.ts';
+import { deviceFlowPages, USER_CODE_MASK } from '../devices/pages.ts';
 import type { AccountService } from '../accounts/service.ts';
 import type { Config } from '../config.ts';
 import type { Logger } from '../observability/logger.ts';
 import type { PrivateJwks } from './keys.ts';
+import type { ClientRegistration } from './registration.ts';
+import { DPOP_ALGORITHMS } from '../documents/dpop.ts';
 import { guardAdapter, rethrowAsProviderError } from './unavailable.ts';
 
 export const SCOPES = ['openid', 'offline_access', 'profile', 'email', 'roles'] as const;
+
+/** How long a device's user code (and its device code) can be used. */
+export const DEVICE_CODE_TTL_SECONDS = 10 * 60;
 export { ACR_MFA, ACR_PASSWORD } from './acr.ts';
 
 /** OpenID Connect Core 5.4: the standard claims of the profile scope that accounts hold. */
@@ -81,6 +87,8 @@ export interface ProviderDeps {
   logger: Logger;
   /** Verifies a JWT access token of the documents API (signature, claims, revocation); throws if invalid. */
   verifyAccessToken: (token: string) => Promise<unknown>;
+  /** The policy and ids of dynamic client registration (registration.ts). */
+  registration: Pick<ClientRegistration, 'policies' | 'idFactory'>;
 }
 
 /**
@@ -157,11 +165,29 @@ function introspectJwtAccessTokens(verify: ProviderDeps['verifyAccessToken']): P
     const claims = valid ? decodeJwt(token) : undefined;
     const described = claims && mayIntrospect(oidc.client, { clientId: String(claims.client_id), aud: claims.aud });
     ctx.status = 200;
-    ctx.body = described ? { ...claims, active: true, token_type: 'Bearer' } : { active: false };
+    const tokenType = (claims?.cnf as { jkt?: unknown } | undefined)?.jkt ? 'DPoP' : 'Bearer';
+    ctx.body = described ? { ...claims, active: true, token_type: tokenType } : { active: false };
   };
 }
 
-export function createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken }: ProviderDeps): Provider {
+/**
+ * RFC 9449 section 5.2: a client registered with dpop_bound_access_tokens (--require-dpop) must
+ * send a proof to /token. oidc-provider refuses a request without one as invalid_grant, which
+ * tells a client that its code or refresh token is bad (and some then throw a good refresh token
+ * away); the request lacks its proof, so it is answered invalid_dpop_proof.
+ */
+function dpopRequiredAsProofError(): Parameters<Provider['use']>[0] {
+  return async (ctx, next) => {
+    await next();
+    const oidc = (ctx as unknown as { oidc?: KoaContextWithOIDC['oidc'] }).oidc;
+    if (oidc?.route !== 'token' || (ctx.body as { error?: unknown } | undefined)?.error !== 'invalid_grant') return;
+    if (oidc.client?.dpopBoundAccessTokens && !ctx.get('dpop')) {
+      ctx.body = { error: 'invalid_dpop_proof', error_description: 'this client must send a DPoP proof (RFC 9449)' };
+    }
+  };
+}
+
+export function createProvider({ config, store, accounts, jwks, cookieKeys, logger, verifyAccessToken, registration }: ProviderDeps): Provider {
   const cookies = sessionCookies(config.issuer);
 
   const configuration: Configuration = {
@@ -213,6 +239,7 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       idTokenSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
       userinfoSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
       introspectionSigningAlgValues: ['ES256', 'EdDSA', 'RS256'],
+      dPoPSigningAlgValues: [...DPOP_ALGORITHMS],
     },
     ttl: {
       AccessToken: config.ttl.accessToken,
@@ -223,6 +250,8 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
       Session: config.ttl.session,
       Interaction: config.ttl.interaction,
       Grant: config.ttl.grant,
+      // RFC 8628: long enough to walk to a phone and sign in; the user code is short-lived on purpose.
+      DeviceCode: DEVICE_CODE_TTL_SECONDS,
     },
     interactions: {
       policy: interactionPolicyWithMfa(),
@@ -277,6 +306,21 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
         },
       },
       clientCredentials: { enabled: true },
+      // RFC 9449: a client that sends a DPoP proof to /token gets tokens bound to its key (token_type
+      // DPoP, cnf.jkt in the documents API's JWTs, a public client's refresh token bound too);
+      // `dpop_bound_access_tokens` (client --require-dpop) makes the proof mandatory. No server
+      // nonces; replayed proofs are refused through ReplayDetection (our adapter).
+      dPoP: { enabled: true, requireNonce: () => false, allowReplay: false },
+      // RFC 7591/7592, off unless CLIENT_REGISTRATION_ENABLED: only with an initial access token
+      // from `client registration-token create`, under the registry's rules (registration.ts).
+      registration: {
+        enabled: config.clientRegistration.enabled,
+        initialAccessToken: true,
+        policies: registration.policies,
+        idFactory: registration.idFactory,
+        issueRegistrationAccessToken: true,
+      },
+      registrationManagement: { enabled: config.clientRegistration.enabled, rotateRegistrationAccessToken: true },
       // Essential claims (Core 5.5), an essential acr among them.
       claimsParameter: { enabled: true },
       introspection: {
@@ -298,6 +342,12 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
           await render(ctx)('logged-out', { title: 'Signed out', clientName: ctx.oidc.client?.clientName });
         },
       },
+      // Back-Channel Logout 1.0: the metadata and discovery are oidc-provider's; delivery, with
+      // retries, is ours (src/logout/propagation.ts).
+      backchannelLogout: { enabled: true },
+      // RFC 8628 on /device (oidc-provider's default route), with our pages (src/devices/pages.ts)
+      // and the typed codes rate limited per address (src/devices/rate-limit.ts).
+      deviceFlow: { enabled: true, charset: 'base-20', mask: USER_CODE_MASK, ...deviceFlowPages },
     },
     renderError: async (ctx, out, error) => {
       logger.info({ err: { name: error.name, message: error.message }, error: out.error }, 'oidc error page');
@@ -314,6 +364,7 @@ export function createProvider({ config, store, accounts, jwks, cookieKeys, logg
   const provider = new Provider(config.issuer, configuration);
   provider.proxy = config.trustProxy;
   provider.use(introspectJwtAccessTokens(verifyAccessToken));
+  provider.use(dpopRequiredAsProofError());
   // Browsers accept Secure cookies from http://localhost, but the cookies library refuses to set
   // them on a plain-http request unless the request counts as secure; oidc-provider reads only
   // `ctx.secure` for that, and only for its cookies.
