@@ -15,6 +15,8 @@ import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 import { testMongoUri } from './support/env.ts';
+import mongoose from 'mongoose';
+import { KeyRing, throwawayJwks } from '../src/oidc/keys.ts';
 import { SecretBox } from '../src/security/secrets.ts';
 
 jest.setTimeout(300_000);
@@ -271,5 +273,57 @@ describe('automatic rotation (KEY_ROTATION_DAYS)', () => {
     expect(steps.filter((a) => a === 'keys.rotate')).toHaveLength(3);
     expect(steps.filter((a) => a === 'keys.promote')).toHaveLength(3);
     expect(steps.filter((a) => a === 'keys.retire')).toHaveLength(3);
+  });
+});
+
+describe('the key ring on its own', () => {
+  const timings = { publishSeconds: 0, signedLifetimeSeconds: 0 };
+
+  async function withRing(run: (ring: KeyRing, connection: mongoose.Connection) => Promise<void>): Promise<void> {
+    const connection = await mongoose.createConnection(testMongoUri('ring')).asPromise();
+    try {
+      await run(new KeyRing(connection, new SecretBox(undefined), timings), connection);
+    } finally {
+      await connection.dropDatabase().catch(() => {});
+      await connection.close();
+    }
+  }
+
+  test('instances generating the first keys at once end up with one set', async () => {
+    await withRing(async (ring, connection) => {
+      const others = [0, 1, 2].map(() => new KeyRing(connection, new SecretBox(undefined), timings));
+      const results = await Promise.all([ring, ...others].map((r) => r.generate()));
+      expect(results.filter((r) => r.created)).toHaveLength(1);
+      expect((await ring.list()).map((k) => k.state)).toEqual(['active', 'active', 'active']);
+      // A later call (a restart, the compose `keys` job) changes nothing.
+      expect(await ring.generate()).toEqual({ created: false });
+      expect(await ring.list()).toHaveLength(3);
+    });
+  });
+
+  test('the single JWKS document of earlier versions is taken over, kept for them until one of its keys retires', async () => {
+    await withRing(async (ring, connection) => {
+      const legacy = throwawayJwks();
+      await connection.collection('signing_keys').insertOne({ _id: 'current' as never, keys: legacy.keys, createdAt: new Date() });
+      const jwks = await ring.privateJwks();
+      expect(jwks?.keys.map((k) => k.kid)).toEqual(legacy.keys.map((k) => k.kid));
+      expect(await connection.collection('signing_keys').findOne({ _id: 'current' as never })).toMatchObject({ expandedAt: expect.any(Date) });
+      // Rotating stays possible, and the earlier version's document goes with its first retired key.
+      const [next] = await ring.rotate(['ES256']);
+      await ring.promote(next!.kid);
+      await ring.retire(legacy.keys[0]!.kid!);
+      expect(await connection.collection('signing_keys').findOne({ _id: 'current' as never })).toBeNull();
+      expect((await ring.privateJwks())?.keys.map((k) => k.kid)).toEqual([legacy.keys[1]!.kid, legacy.keys[2]!.kid, next!.kid]);
+    });
+  });
+
+  test('rotate needs an active key, and a second operator waits for the step in progress', async () => {
+    await withRing(async (ring, connection) => {
+      await expect(ring.rotate(['ES256'])).rejects.toThrow(/no active ES256 key/);
+      await ring.generate();
+      await connection.collection('locks').insertOne({ _id: 'key-rotation' as never, owner: 'someone else', until: new Date(Date.now() + 60_000) });
+      await expect(ring.rotate(['ES256'])).rejects.toThrow(/another key rotation step is running/);
+      expect((await ring.list()).filter((k) => k.state === 'next')).toHaveLength(0);
+    });
   });
 });
