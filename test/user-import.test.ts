@@ -242,6 +242,38 @@ test('a re-run changes nothing; a changed line updates, but never over a passwor
   });
 });
 
+test('a re-run keeps what users and administrators changed since, and finds an account whose email changed', async () => {
+  const line = { email: 'since@import.example.com', email_verified: true, name: 'As Imported', roles: ['editor'], disabled: false };
+  expect((await importLines([line])).reports[0]).toMatchObject({ status: 'created' });
+  const { accounts } = server.services;
+  await accounts.setDisabled(line.email, true);
+  await accounts.setRoles(line.email, []);
+  await accounts.updateProfile(line.email, { name: 'Changed Since' });
+  await server.services.connection.collection('accounts').updateOne({ email: line.email }, { $set: { email: 'renamed@import.example.com' } });
+
+  const again = (await importLines([line])).reports[0]!;
+  expect(again).toMatchObject({ status: 'unchanged' });
+  expect([...(again.kept ?? [])].sort()).toEqual(['disabled', 'email', 'name', 'roles']);
+  const account = await accounts.get('renamed@import.example.com');
+  expect(account).toMatchObject({ disabled: true, roles: [], name: 'Changed Since' });
+  // No second account at the old address (with the old imported password).
+  expect(await accounts.get(line.email)).toBeUndefined();
+
+  // A field the import set and nobody touched since follows the file.
+  expect((await importLines([{ ...line, given_name: 'Given' }])).reports[0]).toMatchObject({ status: 'updated', changes: ['given_name'] });
+  expect((await accounts.get('renamed@import.example.com'))?.given_name).toBe('Given');
+});
+
+test('on an account no import has marked, a line never un-verifies the address or re-enables the account', async () => {
+  const { accounts } = server.services;
+  const native = await accounts.create({ email: 'native@import.example.com', password: 'quartz lantern meadow 81', emailVerified: true });
+  await accounts.setDisabled(native.id, true);
+  const report = (await importLines([{ email: native.email, email_verified: false, disabled: false, name: 'Native' }])).reports[0]!;
+  expect(report).toMatchObject({ status: 'updated', changes: ['name'] });
+  expect([...(report.kept ?? [])].sort()).toEqual(['disabled', 'email_verified']);
+  expect(await accounts.get(native.email)).toMatchObject({ email_verified: true, disabled: true, name: 'Native' });
+});
+
 test('bad lines are reported (never with their hash) and skipped, the rest imported, and the exit code says so', async () => {
   const good = { email: 'good@import.example.com', password: { format: 'bcrypt', hash: await bcrypt.hash('Good-Password-Lake-12', 10) } };
   const weakBcrypt = await bcrypt.hash('x', 4);
@@ -260,16 +292,20 @@ test('bad lines are reported (never with their hash) and skipped, the rest impor
     good,
     { ...good, name: 'Twice' },
     { email: 'bad-profile@import.example.com', website: 'http://insecure.example.com' },
+    // Names an object has by inheritance are no formats or digests.
+    { email: 'proto-format@import.example.com', password: { format: 'constructor', hash: 'x' } },
+    { email: 'proto-pbkdf2@import.example.com', password: { format: 'pbkdf2', algorithm: 'constructor', iterations: 27_500, salt: randomBytes(16).toString('base64'), hash: randomBytes(32).toString('base64') } },
+    { email: 'proto-django@import.example.com', password: { format: 'django', hash: 'constructor$1000$salt$aGFzaA==' } },
   ];
   const { reports, summary, result } = await importLines(lines, { expectCode: 1 });
-  expect(result.stderr).toMatch(/^error: 12 of 13 lines were not imported/);
-  expect(summary).toEqual({ lines: 13, created: 1, updated: 0, unchanged: 0, errors: 12 });
+  expect(result.stderr).toMatch(/^error: 15 of 16 lines were not imported/);
+  expect(summary).toEqual({ lines: 16, created: 1, updated: 0, unchanged: 0, errors: 15 });
   expect(reports.map((r) => [r.line, r.status, r.reason])).toEqual([
     [1, 'error', 'not valid JSON'],
     [2, 'error', 'a line must be a JSON object'],
     [3, 'error', 'email is required'],
-    [4, 'error', 'password: bcrypt cost must be 8 to 15, not 4'],
-    [5, 'error', 'password: PBKDF2 iterations must be 1000 to 2000000'],
+    [4, 'error', 'password: bcrypt cost must be 8 to 12, not 4'],
+    [5, 'error', 'password: PBKDF2 iterations must be 1000 to 1300000'],
     [6, 'error', expect.stringMatching(/^password: unsupported Django hasher/)],
     [7, 'error', expect.stringMatching(/^password: not an argon2 PHC string/)],
     [8, 'error', 'password format must be argon2, bcrypt, django or pbkdf2'],
@@ -278,6 +314,9 @@ test('bad lines are reported (never with their hash) and skipped, the rest impor
     [12, 'created', undefined],
     [13, 'error', 'the same account is on line 12'],
     [14, 'error', expect.stringMatching(/^Website must be an absolute https/)],
+    [15, 'error', 'password format must be argon2, bcrypt, django or pbkdf2'],
+    [16, 'error', 'password: unknown PBKDF2 algorithm'],
+    [17, 'error', expect.stringMatching(/^password: unsupported Django hasher/)],
   ]);
   expect(result.stdout).not.toContain(weakBcrypt);
   expect(result.stdout).not.toContain('$2b$10$abc');

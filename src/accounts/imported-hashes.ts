@@ -29,11 +29,14 @@ const pbkdf2Async = promisify(pbkdf2);
  * event loop in slices; PBKDF2 and argon2 on the thread pool).
  */
 export const LIMITS = {
-  pbkdf2Iterations: [1_000, 2_000_000],
-  bcryptCost: [8, 15],
-  argon2MemoryKiB: [1_024, 262_144],
-  argon2TimeCost: [1, 16],
-  argon2Parallelism: [1, 16],
+  // The highest that real exports use (Django 5 writes 870,000+ PBKDF2 iterations, Keycloak 27,500
+  // to 210,000; bcrypt 10 to 12; argon2: Django m=100 MiB p=8, Keycloak t=5), with room: one check must stay a fraction of
+  // a second, since each holds a thread (or, for bcryptjs, the event loop in slices).
+  pbkdf2Iterations: [1_000, 1_300_000],
+  bcryptCost: [8, 12],
+  argon2MemoryKiB: [1_024, 131_072],
+  argon2TimeCost: [1, 8],
+  argon2Parallelism: [1, 8],
   saltBytes: [8, 1_024],
   hashBytes: [16, 128],
 } as const;
@@ -105,12 +108,12 @@ function parseDjango(encoded: string): Parsed | string {
   if (algorithm === 'bcrypt' || algorithm === 'bcrypt_sha256') {
     return rest[0] === '' ? parseBcrypt(encoded.slice(algorithm.length + 1), algorithm === 'bcrypt_sha256') : 'not a Django bcrypt hash';
   }
-  if (algorithm === undefined || !(algorithm in DJANGO_PBKDF2)) return 'unsupported Django hasher (pbkdf2_sha256, pbkdf2_sha1, argon2, bcrypt, bcrypt_sha256)';
+  if (algorithm === undefined || !Object.hasOwn(DJANGO_PBKDF2, algorithm)) return 'unsupported Django hasher (pbkdf2_sha256, pbkdf2_sha1, argon2, bcrypt, bcrypt_sha256)';
   if (rest.length !== 3 || !/^\d{1,10}$/.test(rest[0]!)) return 'not a Django PBKDF2 hash (pbkdf2_sha256$<iterations>$<salt>$<hash>)';
   // Django's salt is text, hashed as its UTF-8 bytes.
   const salt = Buffer.from(rest[1]!, 'utf8');
   const saltOrProblem = within(salt.length, LIMITS.saltBytes) ? salt : `salt must be ${LIMITS.saltBytes.join(' to ')} bytes`;
-  return parsePbkdf2(DJANGO_PBKDF2[algorithm], Number(rest[0]), saltOrProblem, rest[2]!);
+  return parsePbkdf2(DJANGO_PBKDF2[algorithm]!, Number(rest[0]), saltOrProblem, rest[2]!);
 }
 
 function parse(password: ImportedPassword): Parsed | string {
@@ -124,7 +127,9 @@ function parse(password: ImportedPassword): Parsed | string {
       return parseDjango(password.hash);
     case 'pbkdf2': {
       const salt = bytes(password.salt ?? '', 'salt');
-      return parsePbkdf2(KEYCLOAK_PBKDF2[password.algorithm ?? ''], password.iterations, salt, password.hash);
+      // Own keys only: "constructor" or "__proto__" name no digest.
+      const digest = Object.hasOwn(KEYCLOAK_PBKDF2, password.algorithm ?? '') ? KEYCLOAK_PBKDF2[password.algorithm!] : undefined;
+      return parsePbkdf2(digest, password.iterations, salt, password.hash);
     }
     default:
       return 'unknown format';
@@ -144,7 +149,7 @@ export function checkImportedPassword(input: unknown): { password: ImportedPassw
   if (input === null || typeof input !== 'object' || Array.isArray(input)) return { problem: 'password must be an object with "format" and "hash"' };
   const fields = input as Record<string, unknown>;
   const format = fields.format;
-  if (typeof format !== 'string' || !(format in FORMAT_KEYS)) return { problem: 'password format must be argon2, bcrypt, django or pbkdf2' };
+  if (typeof format !== 'string' || !Object.hasOwn(FORMAT_KEYS, format)) return { problem: 'password format must be argon2, bcrypt, django or pbkdf2' };
   const allowed = FORMAT_KEYS[format as ImportedPassword['format']];
   const unknown = Object.keys(fields).find((key) => !allowed.includes(key));
   if (unknown !== undefined) return { problem: `password of format ${format} takes only ${allowed.join(', ')}` };

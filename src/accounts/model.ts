@@ -39,6 +39,10 @@ export interface ImportMark {
   at: Date;
   /** SHA-256 (hex) of the TOTP secret it set; not the secret. */
   totp?: string;
+  /** What import lines are matched by: their `id`, or the email the account was first imported with. */
+  source?: string;
+  /** SHA-256 (hex) of each field as the last import set it (email, email_verified, roles, ...). */
+  values?: Record<string, string>;
 }
 
 /** The profile claims (profile.ts) are stored under their claim names, validated, absent when unset. */
@@ -94,7 +98,7 @@ const importedPasswordSchema = new Schema<ImportedPassword>(
 );
 
 const importMarkSchema = new Schema<ImportMark>(
-  { at: { type: Date, required: true }, totp: { type: String } },
+  { at: { type: Date, required: true }, totp: { type: String }, source: { type: String }, values: { type: Schema.Types.Mixed } },
   { _id: false, strict: 'throw' },
 );
 
@@ -115,6 +119,9 @@ const accountSchema = new Schema<AccountRecord>(
   },
   { timestamps: true, versionKey: false, strict: 'throw' },
 );
+
+// Import lines without an id find their account by the email it was imported with.
+accountSchema.index({ 'imported.source': 1 });
 
 export type AccountModel = Model<AccountRecord>;
 

@@ -250,7 +250,7 @@ export class AccountService {
   async checkPassword(id: string, password: string): Promise<boolean> {
     const record = await this.accounts.findOne({ _id: id, disabled: false }).lean();
     const { valid, replacement } = await checkStoredPassword(this.hasher, record, password);
-    if (record && replacement) await this.adoptImported(record._id, replacement);
+    if (record && replacement) await this.adoptImported(record._id, record.importedPassword, replacement);
     return record !== null && valid;
   }
 
@@ -258,9 +258,10 @@ export class AccountService {
    * An imported hash matched: store its argon2id replacement and drop it. Only while no password
    * has been set meanwhile (an administrator's or a reset's wins).
    */
-  private async adoptImported(id: string, passwordHash: string): Promise<void> {
+  private async adoptImported(id: string, verified: { hash: string } | undefined, passwordHash: string): Promise<void> {
+    // The very hash that was verified: a re-import with another one meanwhile is not replaced.
     await this.accounts.updateOne(
-      { _id: id, passwordHash: mongoose.trusted({ $exists: false }) },
+      { _id: id, passwordHash: mongoose.trusted({ $exists: false }), 'importedPassword.hash': verified?.hash },
       { $set: { passwordHash }, $unset: { importedPassword: 1 } },
       { timestamps: false },
     );
@@ -311,9 +312,10 @@ export class AccountService {
     const { valid, replacement } = await checkStoredPassword(this.hasher, record, password);
     if (!record || !valid || record.disabled) return undefined;
     // Imported hashes (imported-hashes.ts) are replaced at the first sign-in that proves them.
-    if (replacement) await this.adoptImported(record._id, replacement);
+    if (replacement) await this.adoptImported(record._id, record.importedPassword, replacement);
     else if (this.hasher.needsRehash(record.passwordHash!)) {
-      await this.accounts.updateOne({ _id: record._id }, { passwordHash: await this.hasher.hash(password) });
+      // Only the hash just verified is replaced: a reset landing meanwhile keeps its password.
+      await this.accounts.updateOne({ _id: record._id, passwordHash: record.passwordHash }, { passwordHash: await this.hasher.hash(password) });
     }
     return { id: record._id, emailVerified: record.emailVerified, mfaEnabled: Boolean(record.mfa) };
   }

@@ -173,9 +173,10 @@ export class AccountTransfer {
   }
 
   private async apply(desired: Desired): Promise<Omit<LineReport, 'line' | 'email'>> {
+    // By the key it was imported under first: an account whose email changed since is still found.
     const existing = desired.id
       ? await this.accounts.findById(desired.id).lean()
-      : await this.accounts.findOne({ email: desired.email }).lean();
+      : await this.accounts.findOne({ 'imported.source': desired.email }).lean() ?? await this.accounts.findOne({ email: desired.email }).lean();
     if (existing?.deletingAt) throw new LineError('the account is being deleted');
     if (!existing && desired.id && (await this.accounts.exists({ email: desired.email }))) {
       throw new LineError('another account (with another id) has this email');
@@ -191,7 +192,7 @@ export class AccountTransfer {
         email: desired.email, ...desired.profile, emailVerified: desired.emailVerified, roles: desired.roles, disabled: desired.disabled,
         ...(desired.password ? { importedPassword: desired.password } : {}),
         ...(desired.totp ? { mfa: { secret: desired.totp, enabledAt: at, recoveryCodeHashes: [] } } : {}),
-        imported: { at, ...(desired.totp ? { totp: fingerprint(desired.totp) } : {}) },
+        imported: { at, ...(desired.totp ? { totp: fingerprint(desired.totp) } : {}), source: desired.id ?? desired.email, values: valuesOf(desired) },
         ...(desired.createdAt ? { createdAt: desired.createdAt } : {}),
       }]);
       if (desired.emailVerified) await this.service.changedElsewhere(record!._id, { verified: true });
@@ -212,12 +213,23 @@ export class AccountTransfer {
       if (value === undefined) $unset[path] = 1;
       else $set[path] = value;
     };
-    if (existing.email !== desired.email) change('email', 'email', desired.email);
-    if (existing.emailVerified !== desired.emailVerified) change('email_verified', 'emailVerified', desired.emailVerified);
-    for (const field of PROFILE_FIELDS) if (existing[field] !== desired.profile[field]) change(field, field, desired.profile[field]);
-    const rolesDiffer = [...existing.roles].sort().join(' ') !== [...desired.roles].sort().join(' ');
-    if (rolesDiffer) change('roles', 'roles', desired.roles);
-    if (existing.disabled !== desired.disabled) change('disabled', 'disabled', desired.disabled);
+    // A field is set again only while it still holds what the last import set: a change made since
+    // (by the user, an administrator, a verification) is kept. On an account no import has marked
+    // yet, the line applies, except that it never un-verifies an address or re-enables an account.
+    const last = existing.imported?.values;
+    const current = valuesOf({ ...existing, profile: existing, roles: [...existing.roles] });
+    const wanted = valuesOf(desired);
+    const field = (name: string, path: string, value: unknown, mayApply: boolean) => {
+      if (current[name] === wanted[name]) return;
+      const untouched = last ? last[name] === current[name] : mayApply;
+      if (untouched) change(name, path, value);
+      else kept.push(name);
+    };
+    field('email', 'email', desired.email, true);
+    field('email_verified', 'emailVerified', desired.emailVerified, desired.emailVerified || !existing.emailVerified);
+    for (const name of PROFILE_FIELDS) field(name, name, desired.profile[name], true);
+    field('roles', 'roles', desired.roles, true);
+    field('disabled', 'disabled', desired.disabled, desired.disabled || !existing.disabled);
 
     if (desired.password && existing.passwordHash) kept.push('password');
     else if (desired.password && canonical(existing.importedPassword) !== canonical(desired.password)) change('password', 'importedPassword', desired.password);
@@ -233,7 +245,9 @@ export class AccountTransfer {
     }
     if (!changes.length) return { status: 'unchanged', id: existing._id, ...(kept.length ? { kept } : {}) };
 
-    $set.imported = { at: new Date(), ...(totpMark ? { totp: totpMark } : {}) };
+    $set.imported = {
+      at: new Date(), ...(totpMark ? { totp: totpMark } : {}), source: existing.imported?.source ?? desired.id ?? desired.email, values: wanted,
+    };
     try {
       await this.accounts.updateOne({ _id: existing._id }, { $set, ...(Object.keys($unset).length ? { $unset } : {}) });
     } catch (error) {
@@ -271,4 +285,13 @@ export class AccountTransfer {
       };
     }
   }
+}
+
+/** What an import line sets, field by field, as SHA-256 (hex) of its JSON: compared, never shown. */
+function valuesOf(account: Pick<Desired, 'email' | 'emailVerified' | 'roles' | 'disabled'> & { profile: Partial<Profile> }): Record<string, string> {
+  const digest = (value: unknown) => createHash('sha256').update(JSON.stringify(value ?? null)).digest('hex');
+  return {
+    email: digest(account.email), email_verified: digest(account.emailVerified), roles: digest([...account.roles].sort()), disabled: digest(account.disabled),
+    ...Object.fromEntries(PROFILE_FIELDS.map((name) => [name, digest(account.profile[name])])),
+  };
 }

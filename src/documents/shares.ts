@@ -45,7 +45,9 @@ export class DocumentShares {
           errors: [{ detail: 'is the owner of this document', pointer: '/email' }],
         });
       }
-      const existing = doc.shares.find((s) => s.email === normalized);
+      // The account's own share, by id: the email stored with a share is the one it was given to,
+      // and its account may have changed address since (someone else may hold that one now).
+      const existing = doc.shares.find((s) => (account ? s.userId === account.id : s.pending && s.email === normalized));
       const share: ShareRecord = existing
         ? { ...existing, role }
         : { userId: account?.id ?? pendingId, email: normalized, role, pending: !account, createdAt: new Date() };
