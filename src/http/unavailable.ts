@@ -41,6 +41,12 @@ const DATABASE_UNAVAILABLE_NAMES = new Set(['MongoWaitQueueTimeoutError', 'Mongo
  */
 const NOT_NOW_CODES = new Set([50, 91, 11600, 189, 10107, 11602, 13435, 13436]);
 
+/**
+ * A socket's own error reaching us unwrapped (seen as `{code: 'EPIPE'}` from a write to a
+ * database that was killed under load): the dependency went away, not the request.
+ */
+const SOCKET_GONE_CODES = new Set(['EPIPE', 'ECONNRESET', 'ECONNREFUSED', 'ECONNABORTED', 'ETIMEDOUT', 'ENOTCONN', 'EHOSTUNREACH']);
+
 export function isUnavailable(error: unknown): boolean {
   if (error instanceof ServiceUnavailableError) return true;
   if (DATABASE_UNAVAILABLE.some((type) => error instanceof type)) return true;
@@ -48,8 +54,8 @@ export function isUnavailable(error: unknown): boolean {
   // What the driver itself labels worth retrying (network trouble, a primary that went away).
   if (error instanceof mongo.MongoError && (error.hasErrorLabel('RetryableWriteError') || error.hasErrorLabel('RetryableError'))) return true;
   // oidc-provider's TemporarilyUnavailable carries the status (see src/oidc/provider.ts).
-  const { name, status } = (error ?? {}) as { name?: unknown; status?: unknown };
-  return (typeof name === 'string' && DATABASE_UNAVAILABLE_NAMES.has(name)) || status === 503;
+  const { name, status, code } = (error ?? {}) as { name?: unknown; status?: unknown; code?: unknown };
+  return (typeof name === 'string' && DATABASE_UNAVAILABLE_NAMES.has(name)) || status === 503 || (typeof code === 'string' && SOCKET_GONE_CODES.has(code));
 }
 
 const MESSAGE = 'The service is busy or one of its parts is not answering. Please try again in a few seconds.';
