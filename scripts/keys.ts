@@ -4,6 +4,7 @@
  */
 import mongoose from 'mongoose';
 import { ArtifactStore } from '../adapters/mongodb.ts';
+import { resealTotpSecrets } from '../src/accounts/mfa.ts';
 import { AuditLog } from '../src/audit/log.ts';
 import { SecretBox } from '../src/security/secrets.ts';
 import { loadConfig } from '../src/config.ts';
@@ -21,7 +22,7 @@ const USAGE = `usage: npm run -s keys -- <command> [--actor NAME]
                          JWKS_CACHE_SECONDS + KEYS_REFRESH_SECONDS
   retire KID [--force]   remove a key from the JWKS and erase it; refused while tokens it signed
                          can still be valid (the longest TTL_* since it stopped signing)
-  reseal               seal every stored secret (signing keys, client secrets) with the first SECRETS_KEY
+  reseal               seal every stored secret (signing keys, client and TOTP secrets) with the first SECRETS_KEY
 algorithms: ${SIGNING_ALGS.join(', ')}. Without --force the waits keep relying parties with cached
 key sets working; --force skips them (and is recorded in the audit trail).`;
 
@@ -73,9 +74,11 @@ await runCli(USAGE, async ([command, ...rest], _open, operator) => {
       }
       case 'reseal': {
         const keys = await ring.reseal();
-        const clients = await new ArtifactStore(connection, { secrets: new SecretBox(config.secretsKeys) }).resealClientSecrets();
-        await recordChange(audit, operator, 'keys.reseal', null, { keys, clients });
-        print({ resealed: { signingKeys: keys, clientSecrets: clients } });
+        const secrets = new SecretBox(config.secretsKeys);
+        const clients = await new ArtifactStore(connection, { secrets }).resealClientSecrets();
+        const totp = await resealTotpSecrets(connection, secrets);
+        await recordChange(audit, operator, 'keys.reseal', null, { keys, clients, totp });
+        print({ resealed: { signingKeys: keys, clientSecrets: clients, totpSecrets: totp } });
         break;
       }
     }

@@ -114,7 +114,7 @@ async function writeLine(value: unknown): Promise<void> {
 async function importFile(services: Services, operator: Operator, file: string): Promise<void> {
   const input = file === '-' ? process.stdin : createReadStream(file);
   const summary: ImportSummary = { lines: 0, created: 0, updated: 0, unchanged: 0, errors: 0 };
-  const transfer = new AccountTransfer(services.connection, services.accounts, services.accountTokens);
+  const transfer = new AccountTransfer(services.connection, services.accounts, services.accountTokens, services.secrets);
   let finished = false;
   try {
     for await (const report of transfer.import(input, summary)) await writeLine(report);
@@ -269,7 +269,7 @@ await runCli(USAGE, async ([command, ...rest], open, operator) => {
       const services = await open();
       const withHashes = values['with-hashes'] ?? false;
       let count = 0;
-      for await (const line of new AccountTransfer(services.connection, services.accounts, services.accountTokens).export(withHashes)) {
+      for await (const line of new AccountTransfer(services.connection, services.accounts, services.accountTokens, services.secrets).export(withHashes)) {
         await writeLine(line);
         count += 1;
       }

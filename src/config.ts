@@ -73,7 +73,7 @@ export interface Config {
     readonly jwksCacheSeconds: number;
   };
   /**
-   * SECRETS_KEY: AES-256-GCM keys for secrets at rest (signing keys, client secrets), newest
+   * SECRETS_KEY: AES-256-GCM keys for secrets at rest (signing keys, client and TOTP secrets), newest
    * first; the first encrypts, any of them decrypts. Undefined stores them in the clear
    * (development only).
    */

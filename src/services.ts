@@ -81,6 +81,8 @@ export interface Services {
   readonly mfaChallenges: MfaChallenges;
   /** Keys for signed cookies, newest first (shared with oidc-provider). */
   readonly cookieKeys: readonly string[];
+  /** Seals secrets at rest with SECRETS_KEY: client secrets, TOTP secrets (signing keys: keyRing). */
+  readonly secrets: SecretBox;
   /** The signing keys in MongoDB (undefined when OIDC_JWKS supplies them). */
   readonly keyRing: KeyRing | undefined;
   /** The keys in use and published; the server re-reads them (startServices). */
@@ -203,7 +205,8 @@ export async function openServices(config: Config, logger: Logger, options: Open
     // A missing mail view stops start-up here, before any index or data is touched.
     const mailer = createMailer(config, logger, connection);
     await options.beforeData?.(connection);
-    const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds, secrets: new SecretBox(config.secretsKeys) });
+    const secrets = new SecretBox(config.secretsKeys);
+    const store = new ArtifactStore(connection, { clientCacheSeconds: config.clientCacheSeconds, secrets });
 
     // Records must outlive every JWT they revoke, whichever grant issued it, and may be written by a
     // CLI process whose TTL_* differ from the server's: keep them for the longest lifetime allowed.
@@ -213,7 +216,7 @@ export async function openServices(config: Config, logger: Logger, options: Open
     }, { minLength: config.accounts.passwordMinLength, minScore: config.accounts.passwordMinScore });
     const accountTokens = new AccountTokens(connection);
     const mfaChallenges = new MfaChallenges(connection);
-    const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname });
+    const mfa = new MfaService(connection, accounts, { issuer: new URL(config.issuer).hostname, secrets });
     const audit = new AuditLog(connection, logger);
     // The server stops a slow list before the client would give up on its answer.
     const documents = new DocumentService(connection, accounts, logger, audit, { listTimeMs: Math.max(100, config.mongodbOperationTimeoutMs - 500) });
@@ -249,7 +252,7 @@ export async function openServices(config: Config, logger: Logger, options: Open
     let closed = false;
     return {
       config, logger, connection, redis, store, accounts, mfa, provider, clients, registration, documents, audit, tokenVerifier, revocations, cookieKeys,
-      keyRing, keys: new KeyRefresher({ ring: keyRing, provider, logger, audit, jwks }, config.keys),
+      secrets, keyRing, keys: new KeyRefresher({ ring: keyRing, provider, logger, audit, jwks }, config.keys),
       rateLimits, limiters, lockout, mailer, logoutDeliveries, accountTokens, mfaChallenges, database: new DatabaseHealth(uri, logger),
       metrics: new Metrics(() => limiters.state()),
       async close() {
@@ -319,7 +322,7 @@ export async function startServices(
       logger.error({ err: error }, 'sweeping expired artifacts failed')));
     if (!store.ttlIndexes) logger.info('database has no TTL indexes: expired artifacts are swept periodically');
     stops.push(await revocations.start(config.revocationRefreshSeconds));
-    if (!config.secretsKeys) logger.warn('SECRETS_KEY is not set: signing keys and client secrets are stored in the clear (development only)');
+    if (!config.secretsKeys) logger.warn('SECRETS_KEY is not set: signing keys, client and TOTP secrets are stored in the clear (development only)');
     stops.push(await services.keys.start());
     stops.push(audit.startRetention());
     const maintenance = setInterval(() => {

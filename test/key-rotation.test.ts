@@ -11,6 +11,7 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import * as oidc from 'openid-client';
+import { generate } from 'otplib';
 import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
@@ -209,7 +210,7 @@ test('a whole rotate → promote → retire cycle: cached verifiers keep accepti
   expect(actions).toEqual(expect.arrayContaining([['keys.rotate', newKid], ['keys.promote', newKid], ['keys.retire', oldKid]]));
 });
 
-test('private keys are sealed with SECRETS_KEY at rest; reseal moves them to a new key', async () => {
+test('private keys, client secrets and TOTP secrets are sealed with SECRETS_KEY at rest; reseal moves them to a new key', async () => {
   const stored = await server.services.connection.collection('signing_keys').find({ state: { $in: ['next', 'active', 'retiring'] } }).toArray();
   expect(stored.length).toBeGreaterThanOrEqual(3);
   for (const doc of stored) {
@@ -220,7 +221,18 @@ test('private keys are sealed with SECRETS_KEY at rest; reseal moves them to a n
   const clients = await server.services.connection.collection('oidc_client').find({ 'payload.client_secret': { $exists: true } }).toArray();
   expect(clients.length).toBeGreaterThanOrEqual(2);
   for (const doc of clients) expect(String(doc.payload.client_secret)).toMatch(/^sealed:v1:k1:/);
-  expect(await keysOk(rotatedEnv, 'reseal')).toEqual({ resealed: { signingKeys: stored.length, clientSecrets: clients.length } });
+  // A TOTP secret being enrolled: shown to its owner in the clear, stored sealed.
+  const account = (await server.services.accounts.get(email))!;
+  const enrolment = await server.services.mfa.beginEnrolment(account.id, email);
+  const pending = (await server.services.connection.collection('accounts').findOne({ _id: account.id as never }))!.mfaPending;
+  expect(pending.secret).toMatch(/^sealed:v1:k1:/);
+  expect(pending.secret).not.toContain(enrolment.secret);
+  expect((await server.services.mfa.pendingEnrolment(account.id, email))?.secret).toBe(enrolment.secret);
+  // Confirming it opens the sealed secret to check the code, and keeps it sealed once enabled.
+  await server.services.mfa.confirmEnrolment(account.id, await generate({ secret: enrolment.secret }));
+  const enabled = (await server.services.connection.collection('accounts').findOne({ _id: account.id as never }))!.mfa;
+  expect(enabled.secret).toMatch(/^sealed:v1:k1:/);
+  expect(await keysOk(rotatedEnv, 'reseal')).toEqual({ resealed: { signingKeys: stored.length, clientSecrets: clients.length, totpSecrets: 1 } });
   const resealed = await server.services.connection.collection('signing_keys').find({ state: { $in: ['next', 'active', 'retiring'] } }).toArray();
   expect(resealed.map((doc) => SecretBox.keyIdOf(String(doc.sealed)))).toEqual(resealed.map(() => 'k2'));
   // A process without the new key cannot open them, and says which key id it needs.

@@ -17,6 +17,7 @@
  * src/interactions/routes.ts): a guess at a six-digit code wins with probability 2 in 10^6, since
  * two time steps are accepted.
  */
+import { SecretBox } from '../security/secrets.ts';
 import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Collection, Connection } from 'mongoose';
 import { generate, generateSecret, generateURI, verify } from 'otplib';
@@ -89,6 +90,8 @@ export type SignInFactor = 'otp' | 'recovery';
 export interface MfaOptions {
   /** Shown by authenticator apps beside the account (e.g. the issuer's host name); no ':'. */
   issuer: string;
+  /** Seals TOTP secrets at rest (SECRETS_KEY); without keys they are stored as they are. */
+  secrets?: SecretBox;
   /** Milliseconds since the epoch; tests move it instead of waiting for time steps. */
   now?: () => number;
 }
@@ -115,6 +118,37 @@ export async function checkTotpSecret(input: string): Promise<{ secret: string }
   } catch {
     return { problem: 'totp_secret is not valid base32 of at least 128 bits' };
   }
+}
+
+const TOTP_PURPOSE = 'totp-secret';
+
+/** A TOTP secret as stored: sealed with SECRETS_KEY (src/security/secrets.ts) when one is set. */
+export function sealTotpSecret(secrets: SecretBox, secret: string): string {
+  return secrets.seal(secret, TOTP_PURPOSE);
+}
+
+export function openTotpSecret(secrets: SecretBox, stored: string): string {
+  return secrets.open(stored, TOTP_PURPOSE);
+}
+
+/**
+ * Seals every TOTP secret (enabled or being enrolled) stored in the clear or under an older
+ * SECRETS_KEY with the first one (`keys reseal`); returns how many changed. Each write is tied to
+ * the value it read, so a secret changed meanwhile is left to its new owner.
+ */
+export async function resealTotpSecrets(connection: Connection, secrets: SecretBox): Promise<number> {
+  const accounts = accountModel(connection);
+  let changed = 0;
+  for await (const record of accounts.find({ $or: [{ mfa: { $exists: true } }, { mfaPending: { $exists: true } }] }, { mfa: 1, mfaPending: 1 }).lean().cursor()) {
+    for (const path of ['mfa', 'mfaPending'] as const) {
+      const stored = record[path]?.secret;
+      if (!stored || !secrets.needsReseal(stored)) continue;
+      const sealed = sealTotpSecret(secrets, openTotpSecret(secrets, stored));
+      const { modifiedCount } = await accounts.updateOne({ _id: record._id, [`${path}.secret`]: stored }, { $set: { [`${path}.secret`]: sealed } }, { timestamps: false });
+      changed += modifiedCount;
+    }
+  }
+  return changed;
 }
 
 function isDuplicateKey(error: unknown): boolean {
@@ -150,6 +184,7 @@ export class MfaService {
   private readonly passwords: Pick<AccountService, 'authenticate'>;
   private readonly issuer: string;
   private readonly now: () => number;
+  private readonly secrets: SecretBox;
 
   /** passwords: checks the account password before MFA is turned off. */
   constructor(connection: Connection, passwords: Pick<AccountService, 'authenticate'>, options: MfaOptions) {
@@ -161,6 +196,7 @@ export class MfaService {
     this.passwords = passwords;
     this.issuer = options.issuer;
     this.now = options.now ?? Date.now;
+    this.secrets = options.secrets ?? new SecretBox(undefined);
   }
 
   async ensureIndexes(): Promise<void> {
@@ -198,8 +234,9 @@ export class MfaService {
     const record = await this.accounts.findById(accountId, { mfa: 1, mfaPending: 1 }).lean();
     const pending = record && !record.mfa ? record.mfaPending : undefined;
     if (!pending || pending.expiresAt.getTime() <= this.now()) return undefined;
-    const otpauthUri = generateURI({ issuer: this.issuer, label: accountEmail, secret: pending.secret });
-    return { secret: pending.secret, otpauthUri, qrCodeDataUrl: await QRCode.toDataURL(otpauthUri), expiresAt: pending.expiresAt };
+    const secret = openTotpSecret(this.secrets, pending.secret);
+    const otpauthUri = generateURI({ issuer: this.issuer, label: accountEmail, secret });
+    return { secret, otpauthUri, qrCodeDataUrl: await QRCode.toDataURL(otpauthUri), expiresAt: pending.expiresAt };
   }
 
   /** Starts (or restarts) enrolment with a new secret, inactive until confirmEnrolment. */
@@ -210,7 +247,7 @@ export class MfaService {
     const secret = generateSecret();
     const expiresAt = new Date(this.now() + PENDING_MS);
     // MFA state is not profile information: leave `updatedAt` (the updated_at claim) alone.
-    await this.accounts.updateOne({ _id: accountId }, { $set: { mfaPending: { secret, expiresAt } } }, { timestamps: false });
+    await this.accounts.updateOne({ _id: accountId }, { $set: { mfaPending: { secret: sealTotpSecret(this.secrets, secret), expiresAt } } }, { timestamps: false });
     const otpauthUri = generateURI({ issuer: this.issuer, label: accountEmail, secret });
     return { secret, otpauthUri, qrCodeDataUrl: await QRCode.toDataURL(otpauthUri), expiresAt };
   }
@@ -314,8 +351,12 @@ export class MfaService {
     await Promise.all([this.used.deleteMany({ accountId }), this.challenges.deleteMany({ accountId })]);
   }
 
-  /** True when `code` is valid for the current or previous step and that step was not used yet. */
-  private async useTotp(accountId: string, secret: string, code: string): Promise<boolean> {
+  /**
+   * True when `code` is valid for the current or previous step and that step was not used yet.
+   * `stored` is the secret as stored (sealed when SECRETS_KEY is set); filters compare that form.
+   */
+  private async useTotp(accountId: string, stored: string, code: string): Promise<boolean> {
+    const secret = openTotpSecret(this.secrets, stored);
     const token = code.replace(/\s/g, '');
     // otplib throws on malformed tokens; to the user that is just a wrong code.
     if (!TOTP_CODE.test(token)) return false;

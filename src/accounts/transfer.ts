@@ -22,7 +22,8 @@ import type { Readable } from 'node:stream';
 import mongoose, { type Connection } from 'mongoose';
 import { AppError } from '../http/errors.ts';
 import { checkImportedPassword } from './imported-hashes.ts';
-import { checkTotpSecret } from './mfa.ts';
+import { checkTotpSecret, openTotpSecret, sealTotpSecret } from './mfa.ts';
+import type { SecretBox } from '../security/secrets.ts';
 import { accountModel, type AccountModel, type AccountRecord, type ImportedPassword } from './model.ts';
 import { checkProfile, PROFILE_FIELDS, type Profile } from './profile.ts';
 import { isValidEmail, normalizeEmail, validRoles, type AccountService } from './service.ts';
@@ -119,11 +120,14 @@ async function desiredOf(fields: Record<string, unknown>): Promise<Desired> {
 const isDuplicateKey = (error: unknown) => error instanceof mongoose.mongo.MongoServerError && error.code === 11000;
 
 export class AccountTransfer {
+  /** TOTP secrets are stored sealed (mfa.ts); lines carry them in the clear. */
+  private readonly secrets: SecretBox;
   private readonly accounts: AccountModel;
   private readonly service: AccountService;
   private readonly tokens: AccountTokens;
 
-  constructor(connection: Connection, service: AccountService, tokens: AccountTokens) {
+  constructor(connection: Connection, service: AccountService, tokens: AccountTokens, secrets: SecretBox) {
+    this.secrets = secrets;
     this.accounts = accountModel(connection);
     this.service = service;
     this.tokens = tokens;
@@ -191,7 +195,7 @@ export class AccountTransfer {
         ...(desired.id ? { _id: desired.id } : {}),
         email: desired.email, ...desired.profile, emailVerified: desired.emailVerified, roles: desired.roles, disabled: desired.disabled,
         ...(desired.password ? { importedPassword: desired.password } : {}),
-        ...(desired.totp ? { mfa: { secret: desired.totp, enabledAt: at, recoveryCodeHashes: [] } } : {}),
+        ...(desired.totp ? { mfa: { secret: sealTotpSecret(this.secrets, desired.totp), enabledAt: at, recoveryCodeHashes: [] } } : {}),
         imported: { at, ...(desired.totp ? { totp: fingerprint(desired.totp) } : {}), source: desired.id ?? desired.email, values: valuesOf(desired) },
         ...(desired.createdAt ? { createdAt: desired.createdAt } : {}),
       }]);
@@ -235,11 +239,12 @@ export class AccountTransfer {
     else if (desired.password && canonical(existing.importedPassword) !== canonical(desired.password)) change('password', 'importedPassword', desired.password);
 
     let totpMark = existing.imported?.totp;
-    if (desired.totp && existing.mfa?.secret !== desired.totp) {
-      const stillImported = existing.mfa ? existing.imported?.totp === fingerprint(existing.mfa.secret) : !existing.imported?.totp;
+    const existingTotp = existing.mfa ? openTotpSecret(this.secrets, existing.mfa.secret) : undefined;
+    if (desired.totp && existingTotp !== desired.totp) {
+      const stillImported = existingTotp !== undefined ? existing.imported?.totp === fingerprint(existingTotp) : !existing.imported?.totp;
       if (!stillImported) kept.push('totp_secret');
       else {
-        change('totp_secret', 'mfa', { secret: desired.totp, enabledAt: new Date(), recoveryCodeHashes: [] });
+        change('totp_secret', 'mfa', { secret: sealTotpSecret(this.secrets, desired.totp), enabledAt: new Date(), recoveryCodeHashes: [] });
         totpMark = fingerprint(desired.totp);
       }
     }
@@ -281,7 +286,7 @@ export class AccountTransfer {
         id: record._id, email: record.email, email_verified: record.emailVerified, ...profile, roles: record.roles,
         disabled: record.disabled, created_at: record.createdAt.toISOString(),
         ...(withSecrets && password ? { password } : {}),
-        ...(withSecrets && record.mfa ? { totp_secret: record.mfa.secret } : {}),
+        ...(withSecrets && record.mfa ? { totp_secret: openTotpSecret(this.secrets, record.mfa.secret) } : {}),
       };
     }
   }

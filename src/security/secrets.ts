@@ -1,5 +1,5 @@
 /**
- * Secrets at rest (signing keys, client secrets) sealed with SECRETS_KEY: AES-256-GCM, a random
+ * Secrets at rest (signing keys, client secrets, TOTP secrets) sealed with SECRETS_KEY: AES-256-GCM, a random
  * 96-bit IV per value, and the id of the key that sealed it, so keys can be replaced one at a
  * time (the first key seals, every listed key opens; `keys reseal` moves old values to the first).
  *
