@@ -21,7 +21,7 @@ import { answerUnavailable } from './unavailable.ts';
 const HEALTH = new Set(['/healthz', '/healthz/live', '/healthz/ready']);
 
 /** Served from memory or computed without the database. */
-const WITHOUT_DATABASE = new Set(['/', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks', '/favicon.ico']);
+const WITHOUT_DATABASE = new Set(['/', '/.well-known/openid-configuration', '/.well-known/oauth-authorization-server', '/jwks', '/favicon.ico', '/favicon.svg']);
 
 export interface GuardOptions {
   maxInFlight: number;

@@ -83,8 +83,20 @@ export function finalAnswers(routes: RouteTable): Middleware {
 }
 
 /** The issuer's root: what this service is, where people manage their account, and discovery. */
+/**
+ * The icon browsers ask every page's origin for: without one, each page load logs a failed request
+ * in the console. A lock in the pages' accent colour, as SVG (img-src 'self' allows it).
+ */
+const ICON = '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 32 32"><rect x="6" y="14" width="20" height="15" rx="3" fill="#2557d6"/>'
+  + '<path d="M10 14v-4a6 6 0 0 1 12 0v4" fill="none" stroke="#2557d6" stroke-width="3"/><circle cx="16" cy="21" r="2.5" fill="#fff"/></svg>';
+
 export function homePage(issuer: string): Router {
   const router = new Router();
+  router.get(['/favicon.ico', '/favicon.svg'], (ctx) => {
+    ctx.type = 'image/svg+xml';
+    ctx.set('Cache-Control', 'public, max-age=86400');
+    ctx.body = ICON;
+  });
   router.get('/', async (ctx) => {
     ctx.set('Cache-Control', 'no-cache');
     await ctx.render('home', { title: 'Sign-in service', heading: 'Sign-in service', discoveryUrl: `${issuer}/.well-known/openid-configuration` });

@@ -219,14 +219,21 @@ export function stopDevMongo(dataDir: string): boolean {
   return true;
 }
 
-/** Installs redis-server from Debian when missing and we are root; false when impossible. */
-function ensureRedisServer(say: Say): boolean {
-  if (onPath('redis-server')) return true;
+/** Installs a Debian package for `command` when it is missing and we are root; false when impossible. */
+function ensureDebianPackage(command: string, pkg: string, say: Say): boolean {
+  if (onPath(command)) return true;
   if (process.getuid?.() !== 0 || !onPath('apt-get')) return false;
-  say('Installing redis-server from Debian packages...');
+  say(`Installing ${pkg} from Debian packages...`);
   spawnSync('apt-get', ['update', '-qq'], { stdio: 'inherit' });
-  spawnSync('apt-get', ['install', '-y', '-qq', 'redis-server'], { stdio: 'inherit' });
-  return onPath('redis-server');
+  spawnSync('apt-get', ['install', '-y', '-qq', pkg], { stdio: 'inherit' });
+  return onPath(command);
+}
+
+const ensureRedisServer = (say: Say) => ensureDebianPackage('redis-server', 'redis-server', say);
+
+/** Headless Chromium for the browser suites (Debian's package); its path, or undefined when impossible. */
+export function ensureChromium(say: Say): string | undefined {
+  return ensureDebianPackage('chromium', 'chromium', say) ? spawnSync('sh', ['-c', 'command -v chromium'], { encoding: 'utf8' }).stdout.trim() : undefined;
 }
 
 export async function startEphemeralRedis(dataDir: string, say: Say, port?: number): Promise<LocalService> {

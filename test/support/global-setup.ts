@@ -7,7 +7,7 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { startEphemeralMongo, startEphemeralRedis, type LocalService } from '../../src/local/services.ts';
+import { ensureChromium, startEphemeralMongo, startEphemeralRedis, type LocalService } from '../../src/local/services.ts';
 
 declare global {
   var __testServices: { dir: string; started: LocalService[] } | undefined;
@@ -29,6 +29,9 @@ export default async function globalSetup(): Promise<void> {
       process.env.TEST_MONGODB_URI = mongo.uri;
       say(`using ${mongo.kind} at ${mongo.uri}`);
     }
+    // The browser suites drive a real Chromium (playwright-core brings no browser of its own).
+    const chromium = process.env.CHROMIUM_PATH ?? ensureChromium(say);
+    if (chromium) process.env.TEST_CHROMIUM_PATH = chromium;
     if (process.env.REDIS_URL) {
       process.env.TEST_REDIS_URL = process.env.REDIS_URL;
     } else {
