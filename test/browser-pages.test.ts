@@ -69,18 +69,18 @@ async function expectAccessible(page: Page, name: string): Promise<void> {
   checked.push(name);
 }
 
-/** Signs in; consents when asked (the first time the app is used), and ends on the device's page. */
-async function signIn(page: Page): Promise<void> {
+/** Signs in; consents when asked (the first time the app is used), and ends on the page `done` matches. */
+async function signIn(page: Page, done = /\/device\//): Promise<void> {
   await page.waitForSelector('input[name=email]');
   await expectAccessible(page, 'login');
   await page.fill('input[name=email]', email);
   await page.fill('input[name=password]', password);
   await page.click('button[type=submit]');
   const allow = page.locator('button[name=decision][value=allow]');
-  await Promise.race([allow.waitFor(), page.waitForURL(/\/device\//)]);
+  await Promise.race([allow.waitFor(), page.waitForURL(done)]);
   if (await allow.isVisible()) {
     await expectAccessible(page, 'consent');
-    await Promise.all([page.waitForURL(/\/device\//), allow.click()]);
+    await Promise.all([page.waitForURL(done), allow.click()]);
   }
 }
 
@@ -128,4 +128,27 @@ test('a code typed on /device, in lower case and without its dash, works; a wron
   // The wrong code's page, and nothing else.
   expect(problems).toEqual(['400 /device']);
   expect(checked).toEqual(expect.arrayContaining(['device confirm', 'login', 'consent', 'device done', 'device code', 'device code, refused']));
+});
+
+test('the other pages a person meets pass the same checks: home, registration, password help, sign-out, the account console, errors', async () => {
+  const { page, problems } = await watchedPage();
+  const visits: [string, string, number][] = [
+    ['home', '/', 200],
+    ['register', '/register', 200],
+    ['forgot password', '/forgot', 200],
+    ['resend verification', '/verify-email/resend', 200],
+    ['reset with a bad link', '/reset?token=not-a-token', 400],
+    ['sign-out confirmation', '/session/end', 200],
+    ['not found', '/no-such-page', 404],
+  ];
+  for (const [name, path, status] of visits) {
+    const response = await page.goto(`${server.issuer}${path}`);
+    expect([name, response?.status()]).toEqual([name, status]);
+    await expectAccessible(page, name);
+  }
+  // The account console sends a signed-out visitor through the sign-in it starts itself.
+  await page.goto(`${server.issuer}/account`);
+  await signIn(page, new RegExp(`^${server.issuer}/account$`));
+  await expectAccessible(page, 'account console');
+  expect(problems.filter((p) => !/^4\d\d \/(reset|no-such-page)$/.test(p))).toEqual([]);
 });
