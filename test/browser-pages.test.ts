@@ -10,6 +10,7 @@ import { jest } from '@jest/globals';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import * as oidc from 'openid-client';
+import { generate } from 'otplib';
 import { chromium, type Browser, type Page } from 'playwright-core';
 import { DEVICE_CODE_GRANT } from '../src/oidc/clients.ts';
 import { registerRelyingParty, type RelyingParty } from './support/flows.ts';
@@ -130,7 +131,7 @@ test('a code typed on /device, in lower case and without its dash, works; a wron
   expect(checked).toEqual(expect.arrayContaining(['device confirm', 'login', 'consent', 'device done', 'device code', 'device code, refused']));
 });
 
-test('the other pages a person meets pass the same checks: home, registration, password help, sign-out, the account console, errors', async () => {
+test('the other pages a person meets pass the same checks: home, registration, password help, sign-out, errors, the account console and two-step verification', async () => {
   const { page, problems } = await watchedPage();
   const visits: [string, string, number][] = [
     ['home', '/', 200],
@@ -150,5 +151,24 @@ test('the other pages a person meets pass the same checks: home, registration, p
   await page.goto(`${server.issuer}/account`);
   await signIn(page, new RegExp(`^${server.issuer}/account$`));
   await expectAccessible(page, 'account console');
+
+  // Two-step verification: the QR code (a data: image) shows, the key read off the page turns it
+  // on, the recovery codes are shown once, and the next sign-in asks for a code.
+  await page.goto(`${server.issuer}/account/mfa/setup`);
+  expect(await page.locator('img').evaluate((img) => (img as unknown as { naturalWidth: number }).naturalWidth)).toBeGreaterThan(0);
+  await expectAccessible(page, 'two-step set-up');
+  const secret = (await page.locator('code').textContent())!.replace(/\s/g, '');
+  await page.fill('input[name=code]', await generate({ secret }));
+  await Promise.all([page.waitForLoadState('load'), page.click('button[type=submit]')]);
+  await expectAccessible(page, 'recovery codes');
+  const second = await watchedPage();
+  await second.page.goto(`${server.issuer}/account`);
+  await second.page.waitForSelector('input[name=email]');
+  await second.page.fill('input[name=email]', email);
+  await second.page.fill('input[name=password]', password);
+  await Promise.all([second.page.waitForLoadState('load'), second.page.click('button[type=submit]')]);
+  await second.page.waitForSelector('input[name=code]');
+  await expectAccessible(second.page, 'second step');
   expect(problems.filter((p) => !/^4\d\d \/(reset|no-such-page)$/.test(p))).toEqual([]);
+  expect(second.problems).toEqual([]);
 });
