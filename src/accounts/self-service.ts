@@ -29,7 +29,8 @@ import { csrf } from '../security/csrf.ts';
 import { passwordHint } from '../security/password-policy.ts';
 import type { Lockout } from '../security/lockout.ts';
 import { RateLimitedError, tryAgainIn, type RateLimits } from '../security/rate-limit.ts';
-import { isValidEmail, normalizeEmail, sendVerificationLink, type AccountService } from './service.ts';
+import { isValidEmail, normalizeEmail, type AccountService } from './service.ts';
+import { sendVerificationLink } from './verification-mail.ts';
 import { checkProfile } from './profile.ts';
 import { INTERACTION_UID, type AccountTokens } from './tokens.ts';
 

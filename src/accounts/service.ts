@@ -1,12 +1,11 @@
 import mongoose from 'mongoose';
 import type { Account, AccountClaims } from 'oidc-provider';
 import { AppError } from '../http/errors.ts';
-import type { Mailer } from '../mail/mailer.ts';
 import { passwordProblems, type PasswordOwner, type PasswordPolicy } from '../security/password-policy.ts';
 import { accountModel, type AccountModel, type AccountRecord } from './model.ts';
 import { PASSWORD_MAX_LENGTH, type PasswordHasher } from './password.ts';
 import { checkStoredPassword } from './imported-hashes.ts';
-import type { AccountTokens } from './tokens.ts';
+import { sendVerificationLink, type VerificationMail } from './verification-mail.ts';
 import { checkProfile, PROFILE_FIELDS, type Profile, type ProfileChanges, type ProfileField } from './profile.ts';
 import type { Connection } from 'mongoose';
 import { requestMemo } from '../http/request-memo.ts';
@@ -75,26 +74,6 @@ function view(record: AccountRecord): AccountView {
     created_at: record.createdAt.toISOString(),
     updated_at: record.updatedAt.toISOString(),
   };
-}
-
-/** What sends verification mail: the mailed tokens, the outbox and the issuer its links point to. */
-export interface VerificationMail {
-  tokens: AccountTokens;
-  mailer: Mailer;
-  issuer: string;
-}
-
-export const VERIFY_EMAIL_TTL_SECONDS = 24 * 3600;
-
-/**
- * Mails a new verification link to the account's address; earlier links stop working. The
- * self-service resend (self-service.ts) sends the same message.
- */
-export async function sendVerificationLink(mail: VerificationMail, account: AccountView, interaction?: string): Promise<void> {
-  await mail.tokens.revokeAll('verify-email', account.id);
-  const token = await mail.tokens.issue('verify-email', { accountId: account.id, email: account.email, interaction }, VERIFY_EMAIL_TTL_SECONDS);
-  const link = `${mail.issuer}/verify-email?token=${encodeURIComponent(token)}`;
-  await mail.mailer.send({ to: account.email, template: 'verify-email', data: { name: account.name, link, expiresInHours: VERIFY_EMAIL_TTL_SECONDS / 3600 } });
 }
 
 /** How an account's password is kept, for administrators (never the hash). */
