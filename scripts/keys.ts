@@ -4,7 +4,7 @@
  */
 import mongoose from 'mongoose';
 import { ArtifactStore } from '../adapters/mongodb.ts';
-import { resealTotpSecrets } from '../src/accounts/mfa.ts';
+import { resealTotpSecrets } from '../src/accounts/totp-secrets.ts';
 import { AuditLog } from '../src/audit/log.ts';
 import { SecretBox } from '../src/security/secrets.ts';
 import { loadConfig } from '../src/config.ts';

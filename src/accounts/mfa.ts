@@ -18,6 +18,7 @@
  * two time steps are accepted.
  */
 import { SecretBox } from '../security/secrets.ts';
+import { openTotpSecret, sealTotpSecret } from './totp-secrets.ts';
 import { createHash, randomInt, timingSafeEqual } from 'node:crypto';
 import type { Collection, Connection } from 'mongoose';
 import { generate, generateSecret, generateURI, verify } from 'otplib';
@@ -118,37 +119,6 @@ export async function checkTotpSecret(input: string): Promise<{ secret: string }
   } catch {
     return { problem: 'totp_secret is not valid base32 of at least 128 bits' };
   }
-}
-
-const TOTP_PURPOSE = 'totp-secret';
-
-/** A TOTP secret as stored: sealed with SECRETS_KEY (src/security/secrets.ts) when one is set. */
-export function sealTotpSecret(secrets: SecretBox, secret: string): string {
-  return secrets.seal(secret, TOTP_PURPOSE);
-}
-
-export function openTotpSecret(secrets: SecretBox, stored: string): string {
-  return secrets.open(stored, TOTP_PURPOSE);
-}
-
-/**
- * Seals every TOTP secret (enabled or being enrolled) stored in the clear or under an older
- * SECRETS_KEY with the first one (`keys reseal`); returns how many changed. Each write is tied to
- * the value it read, so a secret changed meanwhile is left to its new owner.
- */
-export async function resealTotpSecrets(connection: Connection, secrets: SecretBox): Promise<number> {
-  const accounts = accountModel(connection);
-  let changed = 0;
-  for await (const record of accounts.find({ $or: [{ mfa: { $exists: true } }, { mfaPending: { $exists: true } }] }, { mfa: 1, mfaPending: 1 }).lean().cursor()) {
-    for (const path of ['mfa', 'mfaPending'] as const) {
-      const stored = record[path]?.secret;
-      if (!stored || !secrets.needsReseal(stored)) continue;
-      const sealed = sealTotpSecret(secrets, openTotpSecret(secrets, stored));
-      const { modifiedCount } = await accounts.updateOne({ _id: record._id, [`${path}.secret`]: stored }, { $set: { [`${path}.secret`]: sealed } }, { timestamps: false });
-      changed += modifiedCount;
-    }
-  }
-  return changed;
 }
 
 function isDuplicateKey(error: unknown): boolean {
