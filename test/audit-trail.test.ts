@@ -4,18 +4,14 @@
  * `audit tail --action` / `audit export --since` commands as real child processes.
  */
 import { jest } from '@jest/globals';
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
 import { Browser } from './support/browser.ts';
 import { authorizationRequest, openLoginPage, registerRelyingParty, signIn, submitLogin, type RelyingParty } from './support/flows.ts';
+import { runScript } from './support/cli.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 import { testRedisUrl } from './support/env.ts';
 import { AuditLog } from '../src/audit/log.ts';
 
 jest.setTimeout(180_000);
-const run = promisify(execFile);
-const root = path.resolve(import.meta.dirname, '..');
 
 let server: TestServer;
 let rp: RelyingParty;
@@ -28,16 +24,7 @@ const password = 'a long and unusual passphrase 42';
 
 interface Event { id: string; at: string; action: string; outcome: string; target: string | null; reason?: string; actor: { sub: string | null; clientId: string | null }; details?: Record<string, unknown>; ip: string }
 
-async function cli(script: string, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', [`scripts/${script}.ts`, ...args], { cwd: root, env, timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const cli = (script: string, ...args: string[]) => runScript(script, args, env);
 
 async function lines(...args: string[]): Promise<Event[]> {
   const result = await cli('audit', ...args);

@@ -7,15 +7,14 @@ import { jest } from '@jest/globals';
 import { execFile } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { exportJWK, generateKeyPair } from 'jose';
 import { loadConfig } from '../src/config.ts';
 import { createLogger } from '../src/observability/logger.ts';
 import { ACCOUNT_CONSOLE_CLIENT_ID } from '../src/oidc/provider.ts';
 import { openServices, type Services } from '../src/services.ts';
+import { runScript, type ScriptResult } from './support/cli.ts';
 import { testMongoUri, testRedisUrl } from './support/env.ts';
 
-const run = promisify(execFile);
 
 // Every CLI call is a fresh process that opens all the services (3–5 s alone, more while other
 // suites keep both cores busy); tests that make several calls need more than the default.
@@ -24,19 +23,12 @@ const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const mongoUri = testMongoUri('cli');
 const env: NodeJS.ProcessEnv = { ...process.env, MONGODB_URI: mongoUri, REDIS_URL: testRedisUrl(), LOG_LEVEL: 'error', NODE_ENV: 'test' };
 
-interface Result { code: number; stdout: string; stderr: string }
+type Result = ScriptResult;
 
 type Script = 'client' | 'user' | 'audit';
 
-async function cli(script: Script, ...args: string[]): Promise<Result> {
-  try {
-    const { stdout, stderr } = await run('node', [`scripts/${script}.ts`, ...args], { cwd: root, env, timeout: 30_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
+function cli(script: Script, ...args: string[]): Promise<Result> {
+  return runScript(script, args, env, 30_000);
 }
 
 /** A successful call: exit 0, exactly one JSON document on stdout, no log lines on stderr. */

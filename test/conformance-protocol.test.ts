@@ -7,10 +7,6 @@
  * resource server it is meant for.
  */
 import { jest } from '@jest/globals';
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import * as oidc from 'openid-client';
 import { generate } from 'otplib';
 import { readPayload } from '../adapters/mongodb.ts';
@@ -18,6 +14,7 @@ import { accountModel } from '../src/accounts/model.ts';
 import { loadConfig, RATE_LIMIT_NAMES } from '../src/config.ts';
 import { ACR_MFA, ACR_PASSWORD } from '../src/oidc/acr.ts';
 import { Browser, readForm } from './support/browser.ts';
+import { runScript, type ScriptResult } from './support/cli.ts';
 import { testRedisUrl } from './support/env.ts';
 import {
   authorizationRequest, callbackUrl, exchangeCode, POST_LOGOUT_URI, registerRelyingParty, REDIRECT_URI, type AuthRequest, type RelyingParty,
@@ -313,23 +310,12 @@ describe('consent is asked once per account and client', () => {
 });
 
 describe('the admin CLI leaves a running server alone', () => {
-  const run = promisify(execFile);
-  const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
-
   /** Runs a CLI script as its own process, configured for another issuer and port than the server's. */
-  async function cli(script: 'client' | 'user', ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    const env: NodeJS.ProcessEnv = {
+  async function cli(script: 'client' | 'user', ...args: string[]): Promise<ScriptResult> {
+    return runScript(script, args, {
       ...process.env, MONGODB_URI: server.services.config.mongodbUri!, REDIS_URL: testRedisUrl(), NODE_ENV: 'test', LOG_LEVEL: 'error',
       ISSUER: 'http://elsewhere.example:4000', PORT: '4000',
-    };
-    try {
-      const { stdout, stderr } = await run('node', [`scripts/${script}.ts`, ...args], { cwd: root, env, timeout: 60_000 });
-      return { code: 0, stdout, stderr };
-    } catch (error) {
-      const e = error as { code?: unknown; stdout?: string; stderr?: string };
-      if (typeof e.code !== 'number') throw error;
-      return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-    }
+    });
   }
 
   // Read from the database, not through the adapter, which may serve clients from a cache.

@@ -6,14 +6,12 @@
  * None of them may reject a token at any point of rotate → promote → retire.
  */
 import { jest } from '@jest/globals';
-import { execFile } from 'node:child_process';
-import path from 'node:path';
-import { promisify } from 'node:util';
 import { createLocalJWKSet, decodeProtectedHeader, jwtVerify, type JSONWebKeySet } from 'jose';
 import * as oidc from 'openid-client';
 import { generate } from 'otplib';
 import { Browser } from './support/browser.ts';
 import { authorizationRequest, callbackUrl, exchangeCode, registerRelyingParty, signIn, type RelyingParty } from './support/flows.ts';
+import { runScript } from './support/cli.ts';
 import { startTestServer, type TestServer } from './support/server.ts';
 import { testMongoUri } from './support/env.ts';
 import mongoose from 'mongoose';
@@ -21,8 +19,6 @@ import { KeyRing, throwawayJwks } from '../src/oidc/keys.ts';
 import { SecretBox } from '../src/security/secrets.ts';
 
 jest.setTimeout(300_000);
-const run = promisify(execFile);
-const root = path.resolve(import.meta.dirname, '..');
 const secretsKey = (id: string, fill: number) => `${id}:${Buffer.alloc(32, fill).toString('base64')}`;
 
 // openid-client keeps a key set for 5 minutes and refetches for an unknown kid only once its copy
@@ -39,18 +35,8 @@ const sleep = (ms: number) => new Promise((resolve) => setTimeout(resolve, ms));
 
 interface KeyView { kid: string; alg: string; state: string; promotableAt?: string; retirableAt?: string }
 
-async function keys(env: Record<string, string>, ...args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run('node', ['scripts/keys.ts', ...args, '--actor', 'rotation-test'], {
-      cwd: root, env: { ...process.env, NODE_ENV: 'test', LOG_LEVEL: 'error', ...env }, timeout: 60_000,
-    });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const keys = (env: Record<string, string>, ...args: string[]) =>
+  runScript('keys', [...args, '--actor', 'rotation-test'], { ...process.env, NODE_ENV: 'test', LOG_LEVEL: 'error', ...env });
 
 async function keysOk<T>(env: Record<string, string>, ...args: string[]): Promise<T> {
   const result = await keys(env, ...args);
@@ -178,13 +164,17 @@ test('a whole rotate → promote → retire cycle: cached verifiers keep accepti
   const newTokens = { id: [await idToken()], access: [await accessToken()] };
   expect(kidOf(newTokens.id[0]!)).toBe(newKid);
   await expectAccepted([...lastOld.id, ...newTokens.id], [...lastOld.access, ...newTokens.access]);
-  // Both instances sign with the new key now.
-  const fromSecond = await fetch(`${second.issuer}/token`, {
-    method: 'POST',
-    headers: { authorization: `Basic ${Buffer.from(`${machine.client.client_id}:${machine.client.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
-    body: 'grant_type=client_credentials&scope=documents%3Aread',
-  });
-  expect(kidOf(((await fromSecond.json()) as { access_token: string }).access_token)).toBe(newKid);
+  // The second instance signs with the new key too, once it has re-read the ring (KEYS_REFRESH_SECONDS).
+  const fromSecond = async () => {
+    const response = await fetch(`${second.issuer}/token`, {
+      method: 'POST',
+      headers: { authorization: `Basic ${Buffer.from(`${machine.client.client_id}:${machine.client.client_secret}`).toString('base64')}`, 'content-type': 'application/x-www-form-urlencoded' },
+      body: 'grant_type=client_credentials&scope=documents%3Aread',
+    });
+    return kidOf(((await response.json()) as { access_token: string }).access_token);
+  };
+  await until(async () => (await fromSecond()) === newKid, 5_000);
+  expect(await fromSecond()).toBe(newKid);
 
   const tooSoon = await keys(env, 'retire', oldKid);
   expect(tooSoon.code).not.toBe(0);

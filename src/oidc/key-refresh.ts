@@ -28,6 +28,8 @@ export class KeyRefresher {
   private readonly options: RefreshOptions;
   private applied: string;
   private failing = false;
+  /** Said once until the ring has an active ES256 key again, not on every refresh. */
+  private noSigner = false;
   /** The public JWKS served at /jwks: every key that is not retired, without private members. */
   publicJwks: PrivateJwks;
 
@@ -47,9 +49,11 @@ export class KeyRefresher {
     const jwks = await this.ring.privateJwks();
     if (!jwks) {
       // Only a step forced past its checks (or a hand edit) gets here: keep signing with what we have.
-      this.logger.error('the key ring has no active ES256 key: keeping the keys in use; promote one with `keys promote`');
+      if (!this.noSigner) this.logger.error('the key ring has no active ES256 key: keeping the keys in use; promote one with `keys promote`');
+      this.noSigner = true;
       return false;
     }
+    this.noSigner = false;
     const fingerprint = fingerprintOf(jwks);
     if (fingerprint === this.applied) return false;
     replaceProviderKeys(this.provider, jwks);
