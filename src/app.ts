@@ -24,6 +24,7 @@ import { SignInRecorder } from './audit/sign-ins.ts';
 import { projectRoot } from './local/services.ts';
 import type { Services } from './services.ts';
 import { withRequestMemo } from './http/request-memo.ts';
+import { discardUnreadBodies } from './http/unread-body.ts';
 import { views } from './http/views.ts';
 
 function genericMessage(status: number): string {
@@ -61,6 +62,7 @@ export function createApp(services: Services, lifecycle: Lifecycle = { draining:
   // the limits per address.
   const app = new Koa({ proxy: config.trustProxy, maxIpsCount: 1, keys: [...services.cookieKeys] });
 
+  app.use(discardUnreadBodies());
   // Each request gets its own memo of the artifacts it has read (src/http/request-memo.ts).
   app.use((_ctx, next) => withRequestMemo(next));
   app.use(services.metrics.middleware());

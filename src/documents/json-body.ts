@@ -8,7 +8,7 @@
  * names where it is.
  */
 import { bodyParser } from '@koa/bodyparser';
-import type { Context, Middleware } from 'koa';
+import type { Middleware } from 'koa';
 import { ApiProblem, type FieldError } from './problem.ts';
 import { isWellFormed, pointerTo } from './schema.ts';
 
@@ -68,10 +68,8 @@ const READABLE_CHARSETS = new Set(['utf-8', 'utf8', 'us-ascii']);
  * (it was a 500), and an unknown Content-Encoding is a 415 without `expose`. Only our own misuse of
  * the parser stays a 500.
  */
-function bodyProblem(error: unknown, ctx: Context): never {
+function bodyProblem(error: unknown): never {
   const { status, type } = error as { status?: unknown; type?: unknown };
-  // The rest of a refused body may still be on its way: do not read it to keep the connection.
-  ctx.set('Connection', 'close');
   if (status === 413) throw new ApiProblem('payload-too-large', 413, 'The request body is too large.');
   if (status === 415) throw new ApiProblem('unsupported-media-type', 415, 'The request body\'s Content-Encoding is not supported: send it as identity, gzip, deflate or br.');
   if (type === 'stream.encoding.set') throw new Error('the request stream was given an encoding before the body parser read it');
@@ -87,7 +85,6 @@ export function jsonBody(limit: string): Middleware {
     const charset = ctx.request.charset.toLowerCase();
     // Decoded as UTF-8 whatever it says (RFC 8259 8.1): a body declared in another charset would be misread.
     if (charset && !READABLE_CHARSETS.has(charset) && ctx.is('application/json')) {
-      ctx.set('Connection', 'close');
       throw new ApiProblem('unsupported-media-type', 415, 'Send the request body as UTF-8 application/json.');
     }
     return read(ctx, async () => {

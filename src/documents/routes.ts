@@ -112,8 +112,6 @@ export function documentsApi({ documents, verifier, audit, config, logger }: Doc
       }
       ctx.status = problem.status;
       ctx.set(problem.headers);
-      // The client may still be sending the rest of a refused body: do not reuse the connection.
-      if (problem.status === 413) ctx.set('Connection', 'close');
       ctx.set('Cache-Control', 'no-store');
       ctx.type = 'application/problem+json';
       ctx.body = problem.body();

@@ -9,7 +9,7 @@
  * status at all, so both ended as 500s logged in full. The original error is dropped here.
  */
 import { bodyParser } from '@koa/bodyparser';
-import type { Context, Middleware } from 'koa';
+import type { Middleware } from 'koa';
 import { AppError } from './errors.ts';
 
 const FORM = 'application/x-www-form-urlencoded';
@@ -29,10 +29,8 @@ const tooLarge = () => new AppError('body_too_large', 'The submitted form is too
 const unsupported = () => new AppError('body_unsupported', 'This address only accepts forms sent by the page.', 415);
 
 /** What went wrong reading a body, as our answer; only our own misuse of the parser stays a 500. */
-function bodyError(error: unknown, ctx: Context): never {
+function bodyError(error: unknown): never {
   const { status, type } = error as { status?: unknown; type?: unknown };
-  // The rest of a refused body may still be on its way: do not read it to keep the connection.
-  ctx.set('Connection', 'close');
   if (status === 413) throw tooLarge();
   if (status === 415) throw unsupported();
   if (type === 'stream.encoding.set') throw new Error('the request stream was given an encoding before the body parser read it');
@@ -53,7 +51,6 @@ export function formBody({ json = false, limit = '8kb' }: FormBodyOptions = {}):
     if (sent && ['POST', 'PUT', 'PATCH'].includes(ctx.method)) {
       const charset = ctx.request.charset.toLowerCase();
       if (!ctx.is(types) || (charset && !READABLE_CHARSETS.has(charset))) {
-        ctx.set('Connection', 'close');
         throw unsupported();
       }
     }
