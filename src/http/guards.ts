@@ -17,6 +17,7 @@ import type { Middleware } from 'koa';
 import type { DatabaseHealth } from '../observability/health.ts';
 import type { Logger } from '../observability/logger.ts';
 import { answerUnavailable } from './unavailable.ts';
+import { leaveBodyTo } from './unread-body.ts';
 
 const HEALTH = new Set(['/healthz', '/healthz/live', '/healthz/ready']);
 
@@ -94,6 +95,7 @@ export function requestGuards({ maxInFlight, deadlineMs, database, draining, log
       if (outcome !== undefined) {
         // The abandoned work may still fail; its error has nobody left to answer.
         work.catch(() => {});
+        leaveBodyTo(ctx.req, work);
         // Nothing of the abandoned answer (a cookie, a Location, an ETag) goes out with the 503,
         // not even what it sets while the 503 is being rendered.
         const strip = (keep: ReadonlySet<string>) => {

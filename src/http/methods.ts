@@ -12,6 +12,7 @@ import type Router from '@koa/router';
 import type { Provider } from 'oidc-provider';
 // @ts-expect-error -- an untyped internal of oidc-provider: the per-instance state holding its router.
 import providerInternals from 'oidc-provider/lib/helpers/weak_cache.js';
+import { isDiscardingBody } from './unread-body.ts';
 
 /** The methods any of our routes can be reached with; everything else is refused up front. */
 export const ROUTED_METHODS = ['GET', 'HEAD', 'POST', 'PUT', 'PATCH', 'DELETE', 'OPTIONS'] as const;
@@ -83,6 +84,11 @@ export function refuseConnect(_request: IncomingMessage, socket: Duplex): void {
  */
 export function refuseUnparsable(error: Error & { code?: string }, socket: Duplex): void {
   if (error.code === 'ECONNRESET') return;
+  // Its answer has gone: the request timeout (or a bad chunk) ending a refused body owes no other.
+  if (isDiscardingBody(socket)) {
+    socket.destroy();
+    return;
+  }
   // As Node's default: once a response has begun on this connection, only close it.
   if ((socket as Duplex & { _httpMessage?: { headersSent?: boolean } })._httpMessage?.headersSent) {
     socket.destroy(error);

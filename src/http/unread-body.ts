@@ -7,6 +7,7 @@
  * does, and the connection stays usable; only past a bound in bytes or time is it closed.
  */
 import type { IncomingMessage } from 'node:http';
+import type { Duplex } from 'node:stream';
 import type { Middleware } from 'koa';
 
 export interface DiscardLimits {
@@ -17,12 +18,40 @@ export interface DiscardLimits {
 }
 
 const DEFAULT_LIMITS: DiscardLimits = { maxBytes: 16 * 1024 * 1024, maxMs: 10_000 };
+const stillReading = new WeakMap<IncomingMessage, Promise<unknown>>();
+const discarding = new WeakSet<Duplex>();
+
+/** For a route answered before its work ended (the deadline's 503): the body is that work's until it ends. */
+export function leaveBodyTo(req: IncomingMessage, work: Promise<unknown>): void {
+  stillReading.set(req, work);
+}
+
+/** Whether the connection is only carrying a body we are throwing away (no answer is owed on it). */
+export function isDiscardingBody(socket: Duplex): boolean {
+  return discarding.has(socket);
+}
+
+/**
+ * Node stops watching a request once its answer is written: a connection closed after that would
+ * leave the request open for good, with any reader still waiting on it (and its in-flight slot).
+ */
+function endWithConnection(req: IncomingMessage): void {
+  const { socket } = req;
+  const cut = () => {
+    if (!req.complete && !req.destroyed) req.destroy();
+  };
+  if (socket.destroyed) return cut();
+  socket.once('close', cut);
+  req.once('end', () => socket.off('close', cut));
+}
 
 function discardRest(req: IncomingMessage, { maxBytes, maxMs }: DiscardLimits): void {
+  if (req.complete || req.destroyed) return;
+  const { socket } = req;
   let discarded = 0;
   const close = () => {
     done();
-    req.socket.destroy();
+    req.destroy();
   };
   const timer = setTimeout(close, maxMs).unref();
   const count = (chunk: Buffer) => {
@@ -31,26 +60,33 @@ function discardRest(req: IncomingMessage, { maxBytes, maxMs }: DiscardLimits): 
   };
   const done = () => {
     clearTimeout(timer);
+    discarding.delete(socket);
     req.off('data', count);
     req.off('end', done);
     req.off('close', done);
   };
+  discarding.add(socket);
+  // A parser that gave up may still hold the stream: piped into a decompressor it stopped reading.
+  req.unpipe();
   req.on('data', count);
   req.once('end', done);
   req.once('close', done);
   req.resume();
 }
 
-/** Outermost: once the answer is decided, a body still arriving is read to its end and dropped. */
+/** Outermost: once the answer is decided and its work has ended, a body still arriving is read to its end and dropped. */
 export function discardUnreadBodies(limits: DiscardLimits = DEFAULT_LIMITS): Middleware {
   return async (ctx, next) => {
     try {
       await next();
     } finally {
-      // Flowing means someone still reads it (an upload answered 503 at its deadline goes on to
-      // its end); a parser that gave up left it paused, a route that never read it left it alone.
       const { req } = ctx;
-      if (!req.complete && !req.destroyed && req.readableFlowing !== true) discardRest(req, limits);
+      if (!req.complete && !req.destroyed) {
+        endWithConnection(req);
+        const work = stillReading.get(req);
+        if (work) void work.then(() => discardRest(req, limits), () => discardRest(req, limits));
+        else discardRest(req, limits);
+      }
     }
   };
 }

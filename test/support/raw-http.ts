@@ -76,7 +76,7 @@ export class RawConnection {
     return this.ended !== undefined;
   }
 
-  write(data: string): void {
+  write(data: string | Buffer): void {
     this.socket.write(data);
   }
 
