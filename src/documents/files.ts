@@ -56,7 +56,7 @@ export class DocumentFiles {
   /** Streams the upload in, hashing and counting as it goes, and stopping (413) past maxBytes. */
   async store(documentId: string, upload: FileUpload, maxBytes: number): Promise<FileRecord> {
     // Bytes already gone (Node drops an answered request's body) would make a shorter file.
-    if (upload.body.readableDidRead) throw new Error('the upload was partly read before it was stored');
+    if (upload.body.readableDidRead) throw new ApiProblem('bad-request', 400, 'The upload was cut short before it was stored.');
     const hash = createHash('sha256');
     let size = 0;
     const meter = new Transform({

@@ -19,16 +19,21 @@ export interface DiscardLimits {
 
 const DEFAULT_LIMITS: DiscardLimits = { maxBytes: 16 * 1024 * 1024, maxMs: 10_000 };
 const stillReading = new WeakMap<IncomingMessage, Promise<unknown>>();
-const discarding = new WeakSet<Duplex>();
+/** The request each connection is still receiving after its answer, while it is. */
+const answeredEarly = new WeakMap<Duplex, IncomingMessage>();
 
 /** For a route answered before its work ended (the deadline's 503): the body is that work's until it ends. */
 export function leaveBodyTo(req: IncomingMessage, work: Promise<unknown>): void {
   stillReading.set(req, work);
 }
 
-/** Whether the connection is only carrying a body we are throwing away (no answer is owed on it). */
+/**
+ * Whether the connection is still bringing the body of a request already answered: nothing more
+ * is owed on it. Only until that body is complete, so the next request's errors get their answer.
+ */
 export function isDiscardingBody(socket: Duplex): boolean {
-  return discarding.has(socket);
+  const req = answeredEarly.get(socket);
+  return req !== undefined && !req.complete && !req.destroyed;
 }
 
 /**
@@ -46,8 +51,8 @@ function endWithConnection(req: IncomingMessage): void {
 }
 
 function discardRest(req: IncomingMessage, { maxBytes, maxMs }: DiscardLimits): void {
-  if (req.complete || req.destroyed) return;
-  const { socket } = req;
+  // Complete but not ended: its last bytes wait, paused, in the stream (and 'end' with them).
+  if (req.readableEnded || req.destroyed) return;
   let discarded = 0;
   const close = () => {
     done();
@@ -60,12 +65,10 @@ function discardRest(req: IncomingMessage, { maxBytes, maxMs }: DiscardLimits): 
   };
   const done = () => {
     clearTimeout(timer);
-    discarding.delete(socket);
     req.off('data', count);
     req.off('end', done);
     req.off('close', done);
   };
-  discarding.add(socket);
   // A parser that gave up may still hold the stream: piped into a decompressor it stopped reading.
   req.unpipe();
   req.on('data', count);
@@ -82,6 +85,7 @@ export function discardUnreadBodies(limits: DiscardLimits = DEFAULT_LIMITS): Mid
     } finally {
       const { req } = ctx;
       if (!req.complete && !req.destroyed) {
+        answeredEarly.set(req.socket, req);
         endWithConnection(req);
         const work = stillReading.get(req);
         if (work) void work.then(() => discardRest(req, limits), () => discardRest(req, limits));
